@@ -1,0 +1,21 @@
+"""Provider adapters: one pure translator per provider, registered by name.
+
+Adding a provider means one file here and one line in ``REGISTRY``.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+from adapters.base import Adapter
+from adapters.demo import DemoAdapter
+from adapters.openai import OpenAIAdapter
+
+__all__ = ["REGISTRY", "Adapter"]
+
+REGISTRY: MappingProxyType[str, type[Adapter]] = MappingProxyType(
+    {
+        "demo": DemoAdapter,
+        "openai": OpenAIAdapter,
+    }
+)

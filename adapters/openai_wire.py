@@ -1,0 +1,116 @@
+"""OpenAI Images wire shapes shared by every adapter that speaks or emits them.
+
+Every adapter's client-facing output is OpenAI-shaped, so usage, header
+forwarding and error-envelope handling live here once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import msgspec
+
+from proxy.errors import GatewayError, UpstreamError, UpstreamFailure
+
+__all__ = ["FORWARDED_ERROR_HEADERS", "Usage", "decode_usage", "forward_headers", "openai_error"]
+
+
+class InputTokensDetails(msgspec.Struct):
+    text_tokens: int = 0
+    image_tokens: int = 0
+
+
+class OutputTokensDetails(msgspec.Struct):
+    text_tokens: int = 0
+    image_tokens: int = 0
+
+
+class Usage(msgspec.Struct, omit_defaults=True):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    input_tokens_details: InputTokensDetails | None = None
+    output_tokens_details: OutputTokensDetails | None = None
+
+
+_usage_decoder = msgspec.json.Decoder(Usage)
+
+
+def decode_usage(data: bytes) -> Usage | None:
+    try:
+        return _usage_decoder.decode(data)
+    except msgspec.DecodeError:
+        return None
+
+
+# Upstream response headers a client may rely on. An allow-list: anything else
+# (cookies, hop-by-hop headers, provider-internal ids) stays at the gateway.
+_FORWARDED = frozenset({"openai-processing-ms", "openai-version", "retry-after", "retry-after-ms", "x-should-retry"})
+FORWARDED_ERROR_HEADERS = frozenset({"retry-after", "retry-after-ms", "x-should-retry"})
+
+
+def forward_headers(headers: Mapping[str, str], allowed: frozenset[str] = _FORWARDED) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in allowed or lower.startswith("x-ratelimit-"):
+            out[lower] = value
+        elif lower == "x-request-id":
+            # The gateway's own x-request-id identifies the exchange to the
+            # client; the provider's is kept for support tickets.
+            out["x-upstream-request-id"] = value
+    return out
+
+
+class _LenientError(msgspec.Struct):
+    message: str
+    type: str | None = None
+    param: str | None = None
+    code: str | int | None = None
+
+
+class _LenientEnvelope(msgspec.Struct):
+    error: _LenientError
+
+
+_envelope_decoder = msgspec.json.Decoder(_LenientEnvelope)
+_raw_error_decoder = msgspec.json.Decoder(dict[str, dict[str, msgspec.Raw]])
+_ENVELOPE_KEYS = frozenset({"message", "type", "param", "code"})
+
+
+def openai_error(provider: str, status: int, headers: Mapping[str, str], body: bytes) -> GatewayError:
+    """Translate an OpenAI-compatible error response into a gateway error."""
+    relayed = {k: v for k, v in forward_headers(headers, FORWARDED_ERROR_HEADERS).items() if k != "x-upstream-request-id"}
+    if status in (401, 403):
+        # The provider rejected the *gateway's* credentials: the client cannot
+        # fix that, and the upstream message may echo part of the key.
+        return UpstreamFailure(
+            f"Provider {provider!r} rejected the gateway's credentials (HTTP {status}); "
+            "the gateway operator must fix the provider configuration.",
+            code="upstream_auth_failed",
+        )
+    try:
+        envelope = _envelope_decoder.decode(body)
+    except msgspec.DecodeError:
+        return UpstreamError(
+            f"Provider {provider!r} returned HTTP {status} without an OpenAI error body.",
+            status=status,
+            code=f"upstream_http_{status}",
+            headers=relayed,
+        )
+    err = envelope.error
+    raw: bytes | None = None
+    try:
+        if _ENVELOPE_KEYS <= _raw_error_decoder.decode(body)["error"].keys():
+            raw = body
+    except (msgspec.DecodeError, KeyError):
+        pass
+    return UpstreamError(
+        err.message,
+        status=status,
+        type=err.type,
+        param=err.param,
+        code=None if err.code is None else str(err.code),
+        raw=raw,
+        headers=relayed,
+    )

@@ -1,0 +1,71 @@
+"""``pixelgate`` (= ``python -m proxy``): serve the gateway or the demo upstream."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import msgspec
+
+from proxy.config import Config, ConfigError, load_config, zero_config
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pixelgate", description="Async gateway for image generation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", help="YAML config file (default: $PIXELGATE_CONFIG, else zero-config)")
+    serve.add_argument("--host", help="listen address (overrides server.host)")
+    serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    demo = sub.add_parser("demo-upstream", help="run the demo provider as a standalone OpenAI-compatible server")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=9090)
+    demo.add_argument("--latency-ms", type=float, default=0.0, help="delay before each answer starts")
+    demo.add_argument("--interval-ms", type=float, default=0.0, help="delay between streamed events")
+    return parser
+
+
+def _config(args: argparse.Namespace) -> Config:
+    path = args.config or os.environ.get("PIXELGATE_CONFIG")
+    config = load_config(path) if path else zero_config()
+    server = config.server
+    if args.host is not None:
+        server = msgspec.structs.replace(server, host=args.host)
+    if args.port is not None:
+        server = msgspec.structs.replace(server, port=args.port)
+    return msgspec.structs.replace(config, server=server)
+
+
+def _describe(config: Config, explicit: bool) -> str:
+    if explicit:
+        return f"providers: {', '.join(config.providers)}; models: {', '.join(config.models)}"
+    if "demo" in config.providers:
+        return "no config: the built-in demo provider serves every model (no keys, no network)"
+    return "no config: every model goes to the OpenAI-compatible upstream in OPENAI_BASE_URL"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "demo-upstream":
+        from proxy.demo.server import run_demo
+
+        logging.getLogger("pixelgate").info("demo upstream on http://%s:%d/v1", args.host, args.port)
+        run_demo(args.host, args.port, args.latency_ms, args.interval_ms)
+        return 0
+    try:
+        config = _config(args)
+    except ConfigError as exc:
+        print(f"pixelgate: config error: {exc}", file=sys.stderr)
+        return 2
+    from proxy.server import run
+
+    log = logging.getLogger("pixelgate")
+    log.info("%s", _describe(config, bool(args.config or os.environ.get("PIXELGATE_CONFIG"))))
+    log.info("Pixelgate on http://%s:%d/v1", config.server.host, config.server.port)
+    run(config)
+    return 0

@@ -1,0 +1,184 @@
+"""Configuration: YAML decoded into typed Structs and checked once, at start.
+
+Every error names the key it is about (``providers.openai.timeouts.connect:
+Expected `float`, got `str```), so a bad config fails the start, not a request.
+``${VAR}`` and ``${VAR:-default}`` in any string are read from the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+import yaml
+from msgspec import Meta
+
+from adapters import REGISTRY
+
+__all__ = ["Config", "ConfigError", "Deployment", "ProviderConfig", "ServerConfig", "Timeouts", "WILDCARD", "load_config", "zero_config"]
+
+# A models key that serves every model name not configured explicitly.
+WILDCARD = "*"
+
+Seconds = Annotated[float, Meta(gt=0)]
+MiB = 1024 * 1024
+
+
+class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8080
+    # Request bodies are prompts and options; images for edits come later.
+    max_body_bytes: Annotated[int, Meta(ge=1024)] = 4 * MiB
+    # One SSE event is buffered whole before it is relayed; a 1536x1024 RGBA
+    # PNG is ~8.4 MB of base64, so 32 MiB leaves room for larger outputs.
+    max_event_bytes: Annotated[int, Meta(ge=64 * 1024)] = 32 * MiB
+    # Comment lines sent while an upstream stream is silent; 0 disables them.
+    keepalive_interval: Annotated[float, Meta(ge=0)] = 15.0
+    # How long in-flight requests get to finish on SIGTERM.
+    shutdown_timeout: Annotated[float, Meta(ge=0)] = 30.0
+
+
+class Timeouts(msgspec.Struct, forbid_unknown_fields=True):
+    """Per-provider limits, sized for slow high-quality generations."""
+
+    connect: Seconds = 10.0
+    # Until the upstream's response headers: a non-streamed high-quality
+    # image with partials can take minutes before the first byte.
+    first_byte: Seconds = 600.0
+    # Longest silence between two body chunks once the body has started.
+    idle: Seconds = 300.0
+    # The whole exchange, headers to last byte.
+    total: Seconds = 1800.0
+
+
+class ProviderConfig(msgspec.Struct, forbid_unknown_fields=True):
+    adapter: str
+    base_url: str | None = None
+    api_key: str | None = None
+    # Extra headers sent upstream (e.g. OpenAI-Organization, OpenAI-Project).
+    headers: dict[str, str] = {}
+    timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
+    # Adapter-specific settings, checked against the adapter's Options Struct.
+    options: dict[str, Any] = {}
+
+
+class Deployment(msgspec.Struct, forbid_unknown_fields=True):
+    provider: str
+    # Upstream model name; defaults to the public name the client asked for.
+    model: str | None = None
+    alpha: bool = False
+    weight: Annotated[float, Meta(gt=0)] = 1.0
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True):
+    providers: dict[str, ProviderConfig]
+    models: dict[str, Annotated[list[Deployment], Meta(min_length=1)]]
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key."""
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand(node: Any, env: Mapping[str, str], path: str) -> Any:
+    if isinstance(node, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"{path}: environment variable {name} is not set")
+
+        return _VAR.sub(sub, node)
+    if isinstance(node, dict):
+        return {k: _expand(v, env, f"{path}.{k}" if path else str(k)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand(v, env, f"{path}.{i}") for i, v in enumerate(node)]
+    return node
+
+
+_AT = re.compile(r"^(.*) - at `\$\.?([^`]*)`$")
+
+
+def _validation_message(exc: msgspec.ValidationError, prefix: str = "") -> str:
+    text = str(exc)
+    if m := _AT.match(text):
+        key = ".".join(p for p in (prefix, m.group(2)) if p)
+        return f"{key}: {m.group(1)}"
+    return f"{prefix}: {text}" if prefix else text
+
+
+def _check(config: Config) -> Config:
+    for name, provider in config.providers.items():
+        adapter = REGISTRY.get(provider.adapter)
+        if adapter is None:
+            known = ", ".join(sorted(REGISTRY))
+            raise ConfigError(f"providers.{name}.adapter: unknown adapter {provider.adapter!r} (known: {known})")
+        try:
+            options = msgspec.convert(provider.options, adapter.Options)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(_validation_message(exc, f"providers.{name}.options")) from None
+        try:
+            adapter.check(base_url=provider.base_url, api_key=provider.api_key, options=options)
+        except ValueError as exc:
+            raise ConfigError(f"providers.{name}.{exc}") from None
+    for model, deployments in config.models.items():
+        for i, deployment in enumerate(deployments):
+            if deployment.provider not in config.providers:
+                raise ConfigError(f"models.{model}.{i}.provider: unknown provider {deployment.provider!r}")
+    return config
+
+
+def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
+    """Decode and check an already-loaded YAML document."""
+    if not isinstance(data, dict):
+        raise ConfigError("the configuration must be a mapping with `providers` and `models`")
+    data = _expand(data, os.environ if env is None else env, "")
+    try:
+        config = msgspec.convert(data, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_validation_message(exc)) from None
+    return _check(config)
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(data, env)
+
+
+def zero_config(env: Mapping[str, str] | None = None) -> Config:
+    """The config used when none is given.
+
+    With ``OPENAI_BASE_URL`` set, every model goes to that OpenAI-compatible
+    upstream (with ``OPENAI_API_KEY`` when set); otherwise the built-in demo
+    provider serves every model, with no keys and no network.
+    """
+    env = os.environ if env is None else env
+    if base_url := env.get("OPENAI_BASE_URL"):
+        provider = {"adapter": "openai", "base_url": base_url}
+        if api_key := env.get("OPENAI_API_KEY"):
+            provider["api_key"] = api_key
+        data = {"providers": {"openai": provider}, "models": {WILDCARD: [{"provider": "openai"}]}}
+    else:
+        data = {
+            "providers": {"demo": {"adapter": "demo"}},
+            "models": {"demo-image": [{"provider": "demo"}], WILDCARD: [{"provider": "demo"}]},
+        }
+    # Values are literal: no ${VAR} expansion (a key may contain "${").
+    return _check(msgspec.convert(data, Config))

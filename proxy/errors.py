@@ -1,0 +1,195 @@
+"""Errors the gateway reports to clients, and the one place they are rendered.
+
+Every failure is translated at a boundary into one of these, then rendered here
+as the OpenAI error envelope ``{"error": {"message", "type", "param", "code"}}``:
+as an HTTP response before the first byte of a response was sent, or as an
+``event: error`` frame after it::
+
+    GatewayError                    (status, type, code, param, message)
+    ├── InvalidRequest              400  the client's request is wrong
+    ├── AuthenticationFailed        401  (access control)
+    ├── ModelNotFound               404  no configured model of that name
+    ├── PayloadTooLarge             413  body over the configured limit
+    └── UpstreamFailure             5xx  the provider could not answer
+        ├── UpstreamUnreachable     502  connect error, reset before headers
+        ├── UpstreamTimeout         504  connect / first byte / idle / total
+        └── UpstreamProtocolError   502  malformed or truncated upstream answer
+    UpstreamError                   the provider answered with an error; its
+                                    status and envelope are relayed as sent
+
+Messages never contain provider credentials: they are built from the gateway's
+own words or from an upstream error body that has been checked (see adapters).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import msgspec
+
+__all__ = [
+    "ErrorBody",
+    "ErrorEnvelope",
+    "GatewayError",
+    "InvalidRequest",
+    "ModelNotFound",
+    "PayloadTooLarge",
+    "UpstreamError",
+    "UpstreamFailure",
+    "UpstreamProtocolError",
+    "UpstreamTimeout",
+    "UpstreamUnreachable",
+    "error_event",
+    "render_error",
+]
+
+
+class ErrorBody(msgspec.Struct, omit_defaults=False):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorEnvelope(msgspec.Struct):
+    error: ErrorBody
+
+
+class _StreamError(msgspec.Struct, tag_field="type", tag="error"):
+    error: ErrorBody
+
+
+_encoder = msgspec.json.Encoder()
+
+
+class GatewayError(Exception):
+    """A failure with an HTTP status and an OpenAI-shaped error body."""
+
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+    # Metric label for the failure; a fixed set (see metrics.ERROR_TYPES).
+    error_type: str = "internal"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.headers: dict[str, str] = dict(headers or {})
+
+    def body(self) -> ErrorBody:
+        return ErrorBody(message=self.message, type=self.type, param=self.param, code=self.code)
+
+    def envelope_bytes(self) -> bytes:
+        return _encoder.encode(ErrorEnvelope(self.body()))
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+    error_type = "invalid_request"
+
+
+class ModelNotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+    error_type = "invalid_request"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+    error_type = "invalid_request"
+
+
+class UpstreamFailure(GatewayError):
+    """The provider could not produce an answer; a client retry may succeed."""
+
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+    error_type = "protocol"
+
+
+class UpstreamUnreachable(UpstreamFailure):
+    code = "upstream_unreachable"
+    error_type = "connect"
+
+
+class UpstreamTimeout(UpstreamFailure):
+    status = 504
+    code = "upstream_timeout"
+    error_type = "timeout"
+
+
+class UpstreamProtocolError(UpstreamFailure):
+    code = "upstream_protocol_error"
+    error_type = "protocol"
+
+
+class UpstreamError(GatewayError):
+    """The provider answered with an error; relayed with its own status.
+
+    ``raw`` is the upstream's envelope when it was a well-formed OpenAI error
+    body: those bytes are relayed unchanged so fields such as
+    ``moderation_details`` survive. Otherwise the gateway's own envelope is used.
+    """
+
+    type = "upstream_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        type: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        raw: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, param=param, code=code, status=status, headers=headers)
+        if type is not None:
+            self.type = type
+        self.raw = raw
+        if status == 429:
+            self.error_type = "rate_limited"
+        elif code in ("moderation_blocked", "content_policy_violation", "content_filter"):
+            self.error_type = "moderation"
+        elif status >= 500:
+            self.error_type = "status_5xx"
+        else:
+            self.error_type = "status_4xx"
+
+    def envelope_bytes(self) -> bytes:
+        return self.raw if self.raw is not None else super().envelope_bytes()
+
+
+def render_error(err: GatewayError) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and body of the HTTP response for ``err``."""
+    headers = {"Content-Type": "application/json", **err.headers}
+    return err.status, headers, err.envelope_bytes()
+
+
+def error_event(err: GatewayError) -> bytes:
+    """The ``event: error`` frame that ends a stream that has already started.
+
+    Both official SDKs raise ``APIError`` on a data object with a top-level
+    ``error`` key, so the client sees the failure instead of a silent end.
+    """
+    data = _encoder.encode(_StreamError(err.body()))
+    return b"event: error\ndata: " + data + b"\n\n"

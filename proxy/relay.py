@@ -1,0 +1,242 @@
+"""The relay: pumps one upstream answer to one client, chunk by chunk.
+
+Nothing on this path holds a whole body, decodes base64 or turns bytes into
+``str``. Bodies go out as they come in; server-sent events are framed from the
+raw chunks (``proxy.sse``) and each goes out whole the moment its blank line
+arrives. Usage and image counts are read off the passing bytes (``proxy.meter``).
+
+The client's response is prepared lazily, at the first byte it gets, so every
+failure before that is a real HTTP status with the OpenAI error envelope (and
+room for failover). After it, a stream ends with an ``event: error`` frame and a
+body ends with a broken connection, never with a clean end that hides the loss.
+
+Backpressure is end to end: ``StreamResponse.write`` waits for a slow client to
+drain, and while it waits no more upstream bytes are read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import msgspec
+from aiohttp import web
+
+from adapters.base import ResponseHead, Translator, UpstreamRequest
+from adapters.openai_wire import Usage
+from proxy.config import Timeouts
+from proxy.errors import GatewayError, UpstreamProtocolError, UpstreamTimeout, error_event
+from proxy.meter import BodyMeter, add_usage, inspect_event
+from proxy.sse import KEEPALIVE, EventFramer, EventTooLarge, span_views
+from proxy.transport import Transport, UpstreamResponse, read_at_most
+
+__all__ = ["Exchange", "Outcome", "RelaySettings", "relay"]
+
+log = logging.getLogger("pixelgate.relay")
+
+# Error bodies are small; a provider that sends a huge one gets cut here.
+_ERROR_BODY_LIMIT = 64 * 1024
+
+
+class RelaySettings(msgspec.Struct, frozen=True):
+    max_event_bytes: int
+    keepalive_interval: float
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One attempt at one provider: everything the relay needs, decided upstream of it."""
+
+    provider: str
+    translator: Translator
+    upstream: UpstreamRequest
+    transport: Transport
+    timeouts: Timeouts
+    headers: dict[str, str]  # gateway headers every response carries
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What happened, for metrics and the access log."""
+
+    status: int = 0
+    images: int = 0
+    partials: int = 0
+    usage: Usage | None = None
+    bytes_out: int = 0
+    error_type: str | None = None
+
+
+class _Client:
+    """The client side of one relay: lazy ``prepare``, counted writes."""
+
+    __slots__ = ("_request", "outcome", "response")
+
+    def __init__(self, request: web.Request, response: web.StreamResponse, outcome: Outcome) -> None:
+        self._request = request
+        self.response = response
+        self.outcome = outcome
+
+    async def write(self, data: bytes | memoryview) -> None:
+        if not self.response.prepared:
+            await self.response.prepare(self._request)
+        self.outcome.bytes_out += len(data)
+        await self.response.write(data)
+
+    def abort(self) -> None:
+        """Break the connection: the client must not take a cut body as whole."""
+        if (transport := self._request.transport) is not None:
+            transport.abort()
+
+
+def _response(ex: Exchange, head: ResponseHead, upstream: UpstreamResponse) -> web.StreamResponse:
+    resp = web.StreamResponse(status=200, headers={**head.headers, **ex.headers})
+    resp.content_type = head.content_type
+    if head.stream:
+        resp.headers["Cache-Control"] = "no-cache"
+        resp.headers["X-Accel-Buffering"] = "no"
+    elif head.passthrough and "Content-Encoding" not in upstream.headers:
+        # Unchanged bytes: the upstream's length holds, and a client can tell
+        # a cut body from a whole one without chunked framing.
+        if (length := upstream.headers.get("Content-Length")) is not None and length.isdigit():
+            resp.content_length = int(length)
+    return resp
+
+
+async def relay(request: web.Request, ex: Exchange, settings: RelaySettings, outcome: Outcome) -> web.StreamResponse:
+    """Run the exchange; return the (already written) response.
+
+    Raises ``GatewayError`` only before the first byte reached the client.
+    """
+    client: _Client | None = None
+    stream = False
+    try:
+        async with asyncio.timeout(ex.timeouts.total) as total:
+            async with ex.transport.open(ex.upstream, ex.provider, ex.timeouts) as upstream:
+                if not 200 <= upstream.status < 300:
+                    body = await read_at_most(upstream, _ERROR_BODY_LIMIT)
+                    raise ex.translator.error(upstream.status, upstream.headers, body)
+                head = ex.translator.response(upstream.status, upstream.headers)
+                stream = head.stream
+                client = _Client(request, _response(ex, head, upstream), outcome)
+                if stream:
+                    await _pump_events(upstream, ex, settings, client)
+                else:
+                    await _pump_body(upstream, ex, client)
+        outcome.status = 200
+        return client.response
+    except TimeoutError:
+        if not total.expired():
+            raise
+        err: GatewayError = UpstreamTimeout(
+            f"provider {ex.provider!r} did not finish within {ex.timeouts.total:g} s (total timeout)"
+        )
+    except GatewayError as exc:
+        err = exc
+    except EventTooLarge as exc:
+        err = UpstreamProtocolError(f"provider {ex.provider!r}: {exc} (server.max_event_bytes)")
+    except (ConnectionResetError, asyncio.CancelledError):
+        # The client went away: leaving the transport's context above closed
+        # the upstream connection. Nothing is left to tell anyone.
+        outcome.error_type = "client_disconnect"
+        outcome.status = 499
+        raise
+    outcome.error_type = err.error_type
+    if client is None or not client.response.prepared:
+        outcome.status = err.status
+        raise err
+    outcome.status = client.response.status
+    if stream:
+        try:
+            await client.write(error_event(err))
+            await client.response.write_eof()
+        except ConnectionResetError:
+            pass
+    else:
+        log.warning("relay: body from provider %r cut short after %d bytes: %s", ex.provider, outcome.bytes_out, err.message)
+        client.abort()
+    return client.response
+
+
+async def _read(upstream: UpstreamResponse, timeout: float) -> bytes | None:
+    """The next chunk, or ``None`` if ``timeout`` passed first."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await upstream.read()
+    except TimeoutError:
+        return None
+
+
+async def _pump_body(upstream: UpstreamResponse, ex: Exchange, client: _Client) -> None:
+    meter = BodyMeter()
+    idle = ex.timeouts.idle
+    while True:
+        chunk = await _read(upstream, idle)
+        if chunk is None:
+            raise UpstreamTimeout(f"provider {ex.provider!r} sent nothing for {idle:g} s (idle timeout)")
+        out = ex.translator.feed(chunk) if chunk else ex.translator.finish()
+        data = chunk if out is None else out
+        if data:
+            meter.feed(data)
+            await client.write(data)
+        if not chunk:
+            break
+    if not client.response.prepared:
+        await client.write(b"")
+    await client.response.write_eof()
+    client.outcome.images = meter.images
+    client.outcome.usage = meter.usage() or ex.translator.usage()
+
+
+async def _pump_events(upstream: UpstreamResponse, ex: Exchange, settings: RelaySettings, client: _Client) -> None:
+    loop = asyncio.get_running_loop()
+    framer = EventFramer(settings.max_event_bytes)
+    idle, keepalive = ex.timeouts.idle, settings.keepalive_interval
+    outcome = client.outcome
+    completed = 0
+    usage: Usage | None = None
+    last_read = last_write = loop.time()
+    while True:
+        now = loop.time()
+        wait = idle - (now - last_read)
+        # Keep-alives only between whole events: never inside a half-read one.
+        if keepalive and not framer.pending:
+            wait = min(wait, keepalive - (now - last_write))
+        chunk = await _read(upstream, max(wait, 0))
+        now = loop.time()
+        if chunk is None:
+            if now - last_read >= idle:
+                raise UpstreamTimeout(f"provider {ex.provider!r} sent nothing for {idle:g} s (idle timeout)")
+            await client.write(KEEPALIVE)
+            last_write = now
+            continue
+        last_read = now
+        out = ex.translator.feed(chunk) if chunk else ex.translator.finish()
+        data = chunk if out is None else out
+        for spans in framer.feed(data) if data else ():
+            info = inspect_event(spans)
+            for view in span_views(spans):
+                await client.write(view)
+            last_write = loop.time()
+            if info.kind == "partial":
+                outcome.partials += 1
+            elif info.kind == "completed":
+                completed += 1
+                usage = add_usage(usage, info.usage)
+            elif info.kind == "error":
+                # The upstream's own error event went out as sent; it ends the stream.
+                outcome.error_type = "moderation" if info.moderation else "status_5xx"
+                outcome.images, outcome.usage = completed, usage
+                await client.response.write_eof()
+                return
+        if not chunk:
+            break
+    outcome.images, outcome.usage = completed, usage or ex.translator.usage()
+    if framer.pending:
+        raise UpstreamProtocolError(f"provider {ex.provider!r} ended the stream in the middle of an event")
+    if not completed:
+        raise UpstreamProtocolError(
+            f"provider {ex.provider!r} ended the stream before any image_generation.completed event"
+        )
+    await client.response.write_eof()

@@ -1,0 +1,117 @@
+"""The client-facing request: decoded once, validated, then forwarded.
+
+The Struct covers the union of the seed APIs' fields for
+``POST /v1/images/generations``. Validation is the gateway's; the body that goes
+upstream is the client's own bytes with only ``model`` rewritten and the
+gateway-only fields removed (see ``rewrite_body``), so fields OpenAI adds
+later pass through byte-for-byte.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
+
+from proxy.errors import InvalidRequest
+
+__all__ = ["GATEWAY_ONLY_FIELDS", "ImageGenerationRequest", "ProviderPreferences", "decode_request", "rewrite_body"]
+
+ProviderName = Annotated[str, Meta(min_length=1, max_length=128)]
+
+
+class ProviderPreferences(msgspec.Struct, forbid_unknown_fields=True):
+    """The gateway's own routing options (seed APIs' ``provider`` object)."""
+
+    order: list[ProviderName] | None = None
+    only: list[ProviderName] | None = None
+    ignore: list[ProviderName] | None = None
+    include_alpha: bool = False
+    allow_fallbacks: bool = True
+
+
+Size = Annotated[str, Meta(pattern=r"^(auto|[1-9][0-9]{1,4}x[1-9][0-9]{1,4})$")]
+
+
+class ImageGenerationRequest(msgspec.Struct, kw_only=True):
+    prompt: Annotated[str, Meta(min_length=1)]
+    model: str | UnsetType | None = UNSET
+    n: Annotated[int, Meta(ge=1, le=10)] | None | UnsetType = UNSET
+    size: Size | None | UnsetType = UNSET
+    quality: Literal["auto", "low", "medium", "high", "xhigh", "max", "standard", "hd"] | None | UnsetType = UNSET
+    response_format: Literal["url", "b64_json"] | None | UnsetType = UNSET
+    style: Literal["vivid", "natural"] | None | UnsetType = UNSET
+    user: str | UnsetType = UNSET
+    background: Literal["transparent", "opaque", "auto"] | None | UnsetType = UNSET
+    moderation: Literal["low", "auto"] | None | UnsetType = UNSET
+    output_format: Literal["png", "jpeg", "webp"] | None | UnsetType = UNSET
+    output_compression: Annotated[int, Meta(ge=0, le=100)] | None | UnsetType = UNSET
+    stream: bool | None | UnsetType = UNSET
+    partial_images: Annotated[int, Meta(ge=0, le=3)] | None | UnsetType = UNSET
+    provider: ProviderPreferences | UnsetType = UNSET
+
+    @property
+    def streaming(self) -> bool:
+        return self.stream is True
+
+    @property
+    def image_count(self) -> int:
+        return self.n if isinstance(self.n, int) else 1
+
+
+# Fields that are the gateway's and never reach an upstream.
+GATEWAY_ONLY_FIELDS: frozenset[str] = frozenset({"provider"})
+
+_decoder = msgspec.json.Decoder(ImageGenerationRequest)
+_raw_map_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_encoder = msgspec.json.Encoder()
+
+# msgspec says where a value was wrong as "... - at `$.provider.only[0]`".
+_PATH = re.compile(r" - at `\$\.?([^`]*)`$")
+_MISSING = re.compile(r"^Object missing required field `([^`]+)`")
+_UNKNOWN = re.compile(r"^Object contains unknown field `([^`]+)`")
+
+
+def _param_of(message: str) -> tuple[str | None, str]:
+    """Split msgspec's message into (OpenAI ``param``, message without the path)."""
+    path = None
+    if m := _PATH.search(message):
+        path = m.group(1) or None
+        message = message[: m.start()]
+    field = None
+    if m := (_MISSING.match(message) or _UNKNOWN.match(message)):
+        field = m.group(1)
+    if field and path:
+        return f"{path}.{field}", message
+    return field or path, message
+
+
+def decode_request(body: bytes) -> ImageGenerationRequest:
+    """Validate a generations body; raise ``InvalidRequest`` naming the field."""
+    try:
+        return _decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        param, detail = _param_of(str(exc))
+        where = f" in `{param}`" if param else ""
+        raise InvalidRequest(f"Invalid request{where}: {detail}", param=param, code="invalid_value") from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(
+            f"We could not parse the JSON body of your request: {exc}. "
+            "Send a JSON object with Content-Type: application/json.",
+            code="invalid_json",
+        ) from None
+
+
+def rewrite_body(body: bytes, upstream_model: str, drop: frozenset[str] = GATEWAY_ONLY_FIELDS) -> bytes:
+    """The client's body with ``model`` set and gateway-only fields removed.
+
+    Untouched values are ``msgspec.Raw`` views of the input, so they are
+    re-emitted byte-for-byte (whitespace between tokens is normalised).
+    """
+    fields = _raw_map_decoder.decode(body)
+    for name in drop:
+        fields.pop(name, None)
+    fields["model"] = msgspec.Raw(_encoder.encode(upstream_model))
+    return _encoder.encode(fields)

@@ -1,0 +1,155 @@
+"""The one seam between the relay and an upstream.
+
+``Transport.open(request, timeouts)`` yields an ``UpstreamResponse`` once the
+upstream's status and headers are in, and closes the exchange on exit: an exit
+by exception closes the connection (the upstream sees the client go away);
+a clean exit after EOF returns it to the pool.
+
+``HttpTransport`` speaks HTTP through one shared aiohttp ``ClientSession``;
+``DemoTransport`` runs the demo engine in-process for ``demo://`` URLs. Tests
+swap what is behind the seam by pointing providers at real loopback servers.
+
+Transport errors are translated here, at the boundary, into ``proxy.errors``.
+Messages name the provider, never its URL or credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Protocol
+
+import aiohttp
+from multidict import CIMultiDict
+
+from adapters.base import UpstreamRequest
+from proxy.config import Timeouts
+from proxy.demo.engine import DemoEngine, DemoFault
+from proxy.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnreachable
+
+__all__ = ["DemoTransport", "HttpTransport", "SchemeTransport", "Transport", "UpstreamResponse", "read_at_most"]
+
+
+class UpstreamResponse(Protocol):
+    status: int
+    headers: Mapping[str, str]
+
+    async def read(self) -> bytes:
+        """The next body chunk as it arrived; ``b""`` at the end."""
+        ...
+
+
+async def read_at_most(response: UpstreamResponse, limit: int) -> bytes:
+    """Up to ``limit`` bytes of a body: enough of an error body, never more."""
+    out = bytearray()
+    while len(out) < limit and (chunk := await response.read()):
+        out += chunk
+    return bytes(out[:limit])
+
+
+class Transport(Protocol):
+    def open(self, request: UpstreamRequest, provider: str, timeouts: Timeouts) -> AsyncIterator[UpstreamResponse]: ...
+
+
+class _HttpResponse:
+    __slots__ = ("_content", "_provider", "headers", "status")
+
+    def __init__(self, resp: aiohttp.ClientResponse, provider: str) -> None:
+        self.status = resp.status
+        self.headers = resp.headers
+        self._content = resp.content
+        self._provider = provider
+
+    async def read(self) -> bytes:
+        try:
+            return await self._content.readany()
+        except aiohttp.ClientPayloadError as exc:
+            raise UpstreamProtocolError(f"provider {self._provider!r} sent a malformed or truncated body: {exc}") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamProtocolError(f"provider {self._provider!r} closed the connection mid-body ({type(exc).__name__})") from None
+
+
+class HttpTransport:
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
+
+    @asynccontextmanager
+    async def open(self, request: UpstreamRequest, provider: str, timeouts: Timeouts) -> AsyncIterator[UpstreamResponse]:
+        # aiohttp's own limits cover the connect phase only; waiting for the
+        # headers is bounded below, silences in the body by the relay, so a
+        # minutes-long generation is not cut off by the 300 s default.
+        client_timeout = aiohttp.ClientTimeout(total=None, connect=timeouts.connect, sock_connect=timeouts.connect)
+        try:
+            async with asyncio.timeout(timeouts.first_byte):
+                resp = await self._session.request(
+                    request.method,
+                    request.url,
+                    headers=request.headers,
+                    data=request.body,
+                    timeout=client_timeout,
+                    allow_redirects=False,
+                )
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"provider {provider!r} did not answer within {timeouts.first_byte:g} s (first_byte timeout)"
+            ) from None
+        except aiohttp.ConnectionTimeoutError:
+            raise UpstreamTimeout(f"could not connect to provider {provider!r} within {timeouts.connect:g} s") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnreachable(f"could not reach provider {provider!r} ({type(exc).__name__})") from None
+        try:
+            yield _HttpResponse(resp, provider)
+        except BaseException:
+            resp.close()
+            raise
+        else:
+            resp.release()
+
+
+class _DemoResponse:
+    __slots__ = ("_chunks", "headers", "status")
+
+    def __init__(self, status: int, headers: Mapping[str, str], chunks: AsyncIterator[bytes]) -> None:
+        self.status = status
+        self.headers = CIMultiDict(headers)
+        self._chunks = chunks
+
+    async def read(self) -> bytes:
+        try:
+            return await anext(self._chunks, b"")
+        except DemoFault as exc:
+            raise UpstreamProtocolError(f"demo provider: {exc}") from None
+
+
+class DemoTransport:
+    """The demo engine, in-process: no socket, same bytes as the HTTP form."""
+
+    def __init__(self, engine: DemoEngine) -> None:
+        self._engine = engine
+
+    @asynccontextmanager
+    async def open(self, request: UpstreamRequest, provider: str, timeouts: Timeouts) -> AsyncIterator[UpstreamResponse]:
+        try:
+            async with asyncio.timeout(timeouts.first_byte):
+                answer = await self._engine.answer(request.body, request.headers)
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"provider {provider!r} did not answer within {timeouts.first_byte:g} s (first_byte timeout)"
+            ) from None
+        try:
+            yield _DemoResponse(answer.status, answer.headers, answer.chunks)
+        finally:
+            await answer.chunks.aclose()
+
+
+class SchemeTransport:
+    """``demo://`` URLs to the in-process demo engine, the rest over HTTP."""
+
+    def __init__(self, http: Transport, demo: Transport) -> None:
+        self._http = http
+        self._demo = demo
+
+    def open(self, request: UpstreamRequest, provider: str, timeouts: Timeouts) -> AsyncIterator[UpstreamResponse]:
+        transport = self._demo if request.url.startswith("demo:") else self._http
+        return transport.open(request, provider, timeouts)
