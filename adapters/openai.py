@@ -52,9 +52,10 @@ class OpenAIAdapter:
         return OpenAITranslator(self.name, self._url, headers, request, body, upstream_model)
 
 
+# msgspec.Raw cannot sit in a union: an empty Raw stands for "absent".
 class _Image(msgspec.Struct):
-    b64_json: msgspec.Raw | None = None
-    url: msgspec.Raw | None = None
+    b64_json: msgspec.Raw = msgspec.Raw()
+    url: msgspec.Raw = msgspec.Raw()
 
 
 class _ImagesResponse(msgspec.Struct):
@@ -64,7 +65,7 @@ class _ImagesResponse(msgspec.Struct):
     quality: str = "auto"
     background: str = "auto"
     output_format: str = "png"
-    usage: msgspec.Raw | None = None
+    usage: msgspec.Raw = msgspec.Raw()
 
 
 _images_decoder = msgspec.json.Decoder(_ImagesResponse)
@@ -86,9 +87,9 @@ def images_to_events(body: bytes, event_type: str = "image_generation.completed"
     last = len(resp.data) - 1
     for i, image in enumerate(resp.data):
         fields: dict[str, object] = {"type": msgspec.Raw(_encoder.encode(event_type))}
-        if image.b64_json is not None:
+        if image.b64_json:
             fields["b64_json"] = image.b64_json
-        if image.url is not None:
+        if image.url:
             fields["url"] = image.url
         fields |= {
             "created_at": resp.created,
@@ -97,14 +98,14 @@ def images_to_events(body: bytes, event_type: str = "image_generation.completed"
             "background": resp.background,
             "output_format": resp.output_format,
         }
-        if i == last and resp.usage is not None:
+        if i == last and resp.usage:
             fields["usage"] = resp.usage
         out += b"event: " + event_type.encode() + b"\ndata: " + _encoder.encode(fields) + b"\n\n"
     return bytes(out)
 
 
 class OpenAITranslator:
-    __slots__ = ("_body", "_buffer", "_headers", "_model", "_provider", "_request", "_synth", "_url")
+    __slots__ = ("_body", "_buffer", "_headers", "_model", "_provider", "_request", "_url")
 
     def __init__(
         self,
@@ -121,7 +122,6 @@ class OpenAITranslator:
         self._request = request
         self._body = body
         self._model = upstream_model
-        self._synth = False
         self._buffer: bytearray | None = None
 
     def request(self) -> UpstreamRequest:
@@ -133,7 +133,6 @@ class OpenAITranslator:
         if content_type.startswith("text/event-stream"):
             return ResponseHead(stream=True, content_type="text/event-stream", headers=forwarded)
         if self._request.streaming:
-            self._synth = True
             self._buffer = bytearray()
             return ResponseHead(stream=True, content_type="text/event-stream", headers=forwarded, passthrough=False)
         return ResponseHead(stream=False, content_type=content_type, headers=forwarded)

@@ -102,19 +102,50 @@ def _expand(node: Any, env: Mapping[str, str], path: str) -> Any:
     if isinstance(node, dict):
         return {k: _expand(v, env, f"{path}.{k}" if path else str(k)) for k, v in node.items()}
     if isinstance(node, list):
-        return [_expand(v, env, f"{path}.{i}") for i, v in enumerate(node)]
+        return [_expand(v, env, f"{path}[{i}]") for i, v in enumerate(node)]
     return node
 
 
-_AT = re.compile(r"^(.*) - at `\$\.?([^`]*)`$")
+_AT = re.compile(r"^(.*) - at `\$([^`]*)`$")
 
 
-def _validation_message(exc: msgspec.ValidationError, prefix: str = "") -> str:
-    text = str(exc)
-    if m := _AT.match(text):
-        key = ".".join(p for p in (prefix, m.group(2)) if p)
-        return f"{key}: {m.group(1)}"
-    return f"{prefix}: {text}" if prefix else text
+def _key(prefix: str, path: str) -> str:
+    path = path.lstrip(".")
+    if not prefix:
+        return path
+    return prefix + path if path.startswith("[") or not path else f"{prefix}.{path}"
+
+
+def _convert(value: Any, type_: Any, prefix: str = "") -> Any:
+    """``msgspec.convert`` with errors that read ``a.b[0].c: problem``."""
+    try:
+        return msgspec.convert(value, type_)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        if m := _AT.match(text):
+            text, where = m.group(1), _key(prefix, m.group(2))
+        else:
+            where = prefix
+        raise ConfigError(f"{where}: {text}" if where else text) from None
+
+
+class _Document(msgspec.Struct, forbid_unknown_fields=True):
+    """The top level; entries are decoded one by one so errors name their key
+    (msgspec reports a bad dict value as ``providers[...]``)."""
+
+    providers: dict[str, Any]
+    models: dict[str, Any]
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+
+
+_Deployments = Annotated[list[Deployment], Meta(min_length=1)]
+
+
+def _decode(data: Any) -> Config:
+    doc = _convert(data, _Document)
+    providers = {name: _convert(p, ProviderConfig, f"providers.{name}") for name, p in doc.providers.items()}
+    models = {name: _convert(d, _Deployments, f"models.{name}") for name, d in doc.models.items()}
+    return Config(providers=providers, models=models, server=doc.server)
 
 
 def _check(config: Config) -> Config:
@@ -123,10 +154,7 @@ def _check(config: Config) -> Config:
         if adapter is None:
             known = ", ".join(sorted(REGISTRY))
             raise ConfigError(f"providers.{name}.adapter: unknown adapter {provider.adapter!r} (known: {known})")
-        try:
-            options = msgspec.convert(provider.options, adapter.Options)
-        except msgspec.ValidationError as exc:
-            raise ConfigError(_validation_message(exc, f"providers.{name}.options")) from None
+        options = _convert(provider.options, adapter.Options, f"providers.{name}.options")
         try:
             adapter.check(base_url=provider.base_url, api_key=provider.api_key, options=options)
         except ValueError as exc:
@@ -134,7 +162,7 @@ def _check(config: Config) -> Config:
     for model, deployments in config.models.items():
         for i, deployment in enumerate(deployments):
             if deployment.provider not in config.providers:
-                raise ConfigError(f"models.{model}.{i}.provider: unknown provider {deployment.provider!r}")
+                raise ConfigError(f"models.{model}[{i}].provider: unknown provider {deployment.provider!r}")
     return config
 
 
@@ -143,11 +171,7 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
     if not isinstance(data, dict):
         raise ConfigError("the configuration must be a mapping with `providers` and `models`")
     data = _expand(data, os.environ if env is None else env, "")
-    try:
-        config = msgspec.convert(data, Config)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(_validation_message(exc)) from None
-    return _check(config)
+    return _check(_decode(data))
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
@@ -181,4 +205,4 @@ def zero_config(env: Mapping[str, str] | None = None) -> Config:
             "models": {"demo-image": [{"provider": "demo"}], WILDCARD: [{"provider": "demo"}]},
         }
     # Values are literal: no ${VAR} expansion (a key may contain "${").
-    return _check(msgspec.convert(data, Config))
+    return _check(_decode(data))

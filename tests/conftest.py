@@ -1,0 +1,74 @@
+"""Shared fixtures: real servers on loopback, real clients, nothing mocked.
+
+``demo_upstream`` is the standalone demo provider (the same app
+``pixelgate demo-upstream`` runs); ``gateway`` builds the gateway from a
+config dict; ``fake_upstream`` serves whatever a test's handler writes, for
+exact-bytes checks and failure injection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import openai
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from proxy.config import parse_config
+from proxy.demo.server import create_demo_app
+from proxy.server import create_app
+
+GatewayFactory = Callable[..., Awaitable[TestServer]]
+
+
+def v1(server: TestServer) -> str:
+    return str(server.make_url("/v1"))
+
+
+def single_provider_config(base_url: str, *, adapter: str = "openai", server: dict[str, Any] | None = None,
+                           provider: dict[str, Any] | None = None, model: str = "gpt-image-1.5",
+                           upstream_model: str | None = None) -> dict[str, Any]:
+    deployment = {"provider": "up"} | ({"model": upstream_model} if upstream_model else {})
+    return {
+        "server": server or {},
+        "providers": {"up": {"adapter": adapter, "base_url": base_url, **(provider or {})}},
+        "models": {model: [deployment]},
+    }
+
+
+@pytest.fixture
+async def demo_upstream(aiohttp_server) -> TestServer:
+    return await aiohttp_server(create_demo_app(ping_interval=60))
+
+
+@pytest.fixture
+def gateway(aiohttp_server) -> GatewayFactory:
+    async def make(config: dict[str, Any]) -> TestServer:
+        return await aiohttp_server(create_app(parse_config(config, env={})))
+
+    return make
+
+
+@pytest.fixture
+async def demo_gateway(gateway: GatewayFactory, demo_upstream: TestServer) -> TestServer:
+    """The gateway in front of the standalone demo upstream, over real HTTP."""
+    return await gateway(single_provider_config(v1(demo_upstream)))
+
+
+@pytest.fixture
+def fake_upstream(aiohttp_server) -> Callable[[Callable[[web.Request], Awaitable[web.StreamResponse]]], Awaitable[TestServer]]:
+    async def make(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> TestServer:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/images/generations", handler)
+        return await aiohttp_server(app)
+
+    return make
+
+
+@pytest.fixture
+async def async_client(demo_gateway: TestServer) -> openai.AsyncOpenAI:
+    client = openai.AsyncOpenAI(base_url=v1(demo_gateway), api_key="sk-client-unused", max_retries=0)
+    yield client
+    await client.close()
