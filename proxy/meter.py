@@ -130,12 +130,17 @@ class BodyMeter:
 class EventInfo:
     """What the relay needs to know about one SSE event."""
 
-    __slots__ = ("kind", "moderation", "name", "size", "usage")
+    __slots__ = ("kind", "moderation", "name", "size", "unsafe", "usage")
 
-    def __init__(self, name: bytes, kind: str, size: int, usage: Usage | None, moderation: bool = False) -> None:
+    def __init__(
+        self, name: bytes, kind: str, size: int, usage: Usage | None, moderation: bool = False, unsafe: bool = False
+    ) -> None:
         self.name = name
-        # "partial", "completed", "error", "done", "comment" or "other"
+        # "partial", "completed", "error", "done", "other"; "comment" for
+        # comment-only frames; "empty" for fields without data (event-only).
         self.kind = kind
+        # Has `id:`/`retry:` lines, which break openai-python's stream parser.
+        self.unsafe = unsafe
         self.size = size
         self.usage = usage
         # An error event from the provider's safety system.
@@ -166,10 +171,13 @@ def inspect_event(spans: list[Span]) -> EventInfo:
     name = _field(head, b"event")
     data = _field(head, b"data")
     head = head_of(spans, 1024) if name == b"error" else head
+    fields = head.splitlines()
+    unsafe = any(line.startswith((b"id:", b"retry:")) or line in (b"id", b"retry") for line in fields)
     if data is None:
-        return EventInfo(name or b"", "comment" if name is None else "other", size, None)
+        comment = all(not line or line.startswith(b":") for line in fields)
+        return EventInfo(name or b"", "comment" if comment else "empty", size, None)
     if data.startswith(b"[DONE]"):
-        return EventInfo(b"", "done", size, None)
+        return EventInfo(b"", "done", size, None, unsafe=unsafe)
     if name is None:
         # No `event:` line: the JSON's "type" names it (OpenAI puts it first).
         at = data.find(b'"type"')
@@ -181,14 +189,14 @@ def inspect_event(spans: list[Span]) -> EventInfo:
             name = b"error" if data.lstrip(b"{ ").startswith(b'"error"') else b""
     kind = _kind(name)
     if kind == "error":
-        return EventInfo(name, kind, size, None, moderation=b"moderation" in head or b"content_polic" in head)
+        return EventInfo(name, kind, size, None, moderation=b"moderation" in head or b"content_polic" in head, unsafe=unsafe)
     usage = None
     if kind == "completed":
         scanner = _UsageScanner()
         for buf, start, end in spans:
             scanner.feed(buf, start, end)
         usage = scanner.usage()
-    return EventInfo(name, kind, size, usage)
+    return EventInfo(name, kind, size, usage, unsafe=unsafe)
 
 
 def add_usage(total: Usage | None, usage: Usage | None) -> Usage | None:

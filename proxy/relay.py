@@ -28,7 +28,7 @@ from adapters.openai_wire import Usage
 from proxy.config import Timeouts
 from proxy.errors import GatewayError, UpstreamProtocolError, UpstreamTimeout, error_event
 from proxy.meter import BodyMeter, add_usage, inspect_event
-from proxy.sse import KEEPALIVE, EventFramer, EventTooLarge, span_views
+from proxy.sse import KEEPALIVE, EventFramer, EventTooLarge, span_views, without_unsafe_fields
 from proxy.transport import Transport, UpstreamResponse, read_at_most
 
 __all__ = ["Exchange", "Outcome", "RelaySettings", "relay"]
@@ -216,8 +216,15 @@ async def _pump_events(upstream: UpstreamResponse, ex: Exchange, settings: Relay
         data = chunk if out is None else out
         for spans in framer.feed(data) if data else ():
             info = inspect_event(spans)
-            for view in span_views(spans):
-                await client.write(view)
+            if info.kind == "empty":
+                # An event-only frame (`event: ping`) reaches openai-python as
+                # `data: ""` and crashes its JSON parser: keep it upstream.
+                continue
+            if info.unsafe:
+                await client.write(without_unsafe_fields(spans))
+            else:
+                for view in span_views(spans):
+                    await client.write(view)
             last_write = loop.time()
             if info.kind == "partial":
                 outcome.partials += 1

@@ -14,9 +14,10 @@ on its own schedule, so a ping could land inside a half-relayed event.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
-__all__ = ["KEEPALIVE", "EventFramer", "EventTooLarge", "Span", "head_of", "span_views"]
+__all__ = ["KEEPALIVE", "EventFramer", "EventTooLarge", "Span", "head_of", "span_views", "without_unsafe_fields"]
 
 # A comment line: ignored by every SSE parser, including both official SDKs.
 # Never ``id:``/``retry:`` or event-only frames: they crash openai-python.
@@ -120,3 +121,15 @@ def head_of(spans: list[Span], limit: int = 256) -> bytes:
         if len(out) >= limit:
             break
     return bytes(out)
+
+
+_UNSAFE_FIELD = re.compile(rb"^(?:id|retry)(?::[^\r\n]*)?(?:\r\n|\r|\n)", re.MULTILINE)
+
+
+def without_unsafe_fields(spans: list[Span]) -> bytes:
+    """The event without ``id:``/``retry:`` lines (a copy; such events are rare).
+
+    openai-python never resets its last event id: once one is seen, every
+    later blank line dispatches an empty event and crashes its JSON parser.
+    """
+    return _UNSAFE_FIELD.sub(b"", b"".join(buf[start:end] for buf, start, end in spans))

@@ -370,3 +370,18 @@ async def test_body_cut_short_breaks_the_client_connection(fake_upstream, gatewa
         async with session.post(gw.make_url("/v1/images/generations"), json=BODY) as resp:
             with pytest.raises(aiohttp.ClientPayloadError):
                 await resp.read()
+
+
+async def test_frames_that_crash_the_sdk_are_not_relayed(fake_upstream, gateway) -> None:
+    """Some compatible upstreams send `event: ping` frames or `id:` fields."""
+    partial = _event("image_generation.partial_image", b"QUFB", partial_image_index=0, **COMPLETED_FIELDS)
+    completed = _event("image_generation.completed", b"QUFB", **COMPLETED_FIELDS, usage=USAGE)
+    chunks = [b"event: ping\n\n", b"id: 1\n" + partial, b"retry: 500\n\n", completed]
+    gw = await gateway(single_provider_config(v1(await fake_upstream(sse_upstream(chunks)))))
+    async with aiohttp.ClientSession() as session:
+        async with session.post(gw.make_url("/v1/images/generations"), json=BODY | {"stream": True}) as resp:
+            assert await resp.read() == partial + completed
+    client = openai.AsyncOpenAI(base_url=v1(gw), api_key="unused", max_retries=0)
+    stream = await client.images.generate(model="gpt-image-1.5", prompt="a fox", stream=True, partial_images=1)
+    assert [e.type async for e in stream] == ["image_generation.partial_image", "image_generation.completed"]
+    await client.close()
