@@ -110,14 +110,15 @@ class HttpTransport:
 class _DemoResponse:
     __slots__ = ("_chunks", "headers", "status")
 
-    def __init__(self, status: int, headers: Mapping[str, str], chunks: AsyncIterator[bytes]) -> None:
+    def __init__(self, status: int, headers: Mapping[str, str], chunks: AsyncIterator[bytes | memoryview]) -> None:
         self.status = status
         self.headers = CIMultiDict(headers)
         self._chunks = chunks
 
     async def read(self) -> bytes:
         try:
-            return await anext(self._chunks, b"")
+            # The relay searches chunks with bytes.find: hand it bytes, as aiohttp does.
+            return bytes(await anext(self._chunks, b""))
         except DemoFault as exc:
             raise UpstreamProtocolError(f"demo provider: {exc}") from None
 

@@ -70,8 +70,9 @@ class DemoRequest(msgspec.Struct):
 class DemoAnswer(msgspec.Struct):
     status: int
     headers: dict[str, str]
-    # Whole SSE events when streaming; body pieces otherwise.
-    chunks: AsyncIterator[bytes]
+    # Whole SSE events when streaming; body pieces otherwise (views of
+    # cached payloads: the standalone server writes them without a copy).
+    chunks: AsyncIterator[bytes | memoryview]
 
 
 class DemoFault(Exception):
@@ -163,19 +164,18 @@ class DemoEngine:
         await asyncio.sleep(latency)
         return await self._body(req, knobs, dims)
 
-    def _meta(self, req: DemoRequest, dims: tuple[int, int], created: int) -> dict[str, object]:
-        quality = req.quality if req.quality in ("low", "medium", "high") else "medium"
+    @staticmethod
+    def _meta(req: DemoRequest, dims: tuple[int, int]) -> dict[str, object]:
         return {
-            "created": created,
             "size": f"{dims[0]}x{dims[1]}",
-            "quality": quality,
+            "quality": req.quality if req.quality in _OUTPUT_TOKENS else "medium",
             "background": "opaque",
             "output_format": "png",
         }
 
-    def _usage(self, req: DemoRequest, meta: dict[str, object], images: int, partials: int, with_input: bool) -> dict[str, object]:
-        width, height = (int(v) for v in str(meta["size"]).split("x"))
-        per_image = math.ceil(_OUTPUT_TOKENS[str(meta["quality"])] * width * height / (1024 * 1024))
+    @staticmethod
+    def _usage(req: DemoRequest, dims: tuple[int, int], quality: str, images: int, partials: int, with_input: bool) -> dict[str, object]:
+        per_image = math.ceil(_OUTPUT_TOKENS[quality] * dims[0] * dims[1] / (1024 * 1024))
         output = images * per_image + partials * _PARTIAL_TOKENS
         text = math.ceil(len(req.prompt) / 4) if with_input else 0
         return {
@@ -196,36 +196,36 @@ class DemoEngine:
 
     async def _body(self, req: DemoRequest, knobs: Knobs, dims: tuple[int, int]) -> DemoAnswer:
         n = req.n or 1
-        meta = self._meta(req, dims, knobs.created if knobs.created is not None else int(time.time()))
+        created = knobs.created if knobs.created is not None else int(time.time())
+        meta = self._meta(req, dims)
+        usage = self._usage(req, dims, str(meta["quality"]), n, 0, True)
         images = [await self._image(req, knobs, dims, i, 1) for i in range(n)]
-        head = b'{"created":%d,"data":[' % meta.pop("created")
-        tail = b"]," + _encoder.encode({**meta, "usage": self._usage(req, meta | {"created": 0}, n, 0, True)})[1:]
-        pieces: list[bytes | memoryview] = [head]
+        pieces: list[bytes | memoryview] = [b'{"created":%d,"data":[' % created]
         for i, b64 in enumerate(images):
             pieces.append(b'{"b64_json":"' if i == 0 else b'"},{"b64_json":"')
             view = memoryview(b64)
             pieces.extend(view[k : k + _CHUNK] for k in range(0, len(b64), _CHUNK))
-        pieces.append(b'"}')
-        pieces.append(tail)
+        pieces.append(b'"}],' + _encoder.encode({**meta, "usage": usage})[1:])
         length = sum(len(p) for p in pieces)
         headers = {"Content-Type": "application/json", "Content-Length": str(length)}
         return DemoAnswer(200, headers, self._pieces(pieces, knobs.drop_after_bytes))
 
-    async def _pieces(self, pieces: list[bytes | memoryview], drop_after: int | None) -> AsyncIterator[bytes]:
+    @staticmethod
+    async def _pieces(pieces: list[bytes | memoryview], drop_after: int | None) -> AsyncIterator[bytes | memoryview]:
         sent = 0
         for piece in pieces:
             if drop_after is not None and sent + len(piece) > drop_after:
-                yield bytes(piece[: drop_after - sent])
+                yield piece[: drop_after - sent]
                 raise DemoFault("dropping the connection mid-body, as asked")
             sent += len(piece)
-            yield bytes(piece)
+            yield piece
 
     async def _events(
         self, req: DemoRequest, knobs: Knobs, dims: tuple[int, int], latency: float, interval: float
     ) -> AsyncIterator[bytes]:
         n, partials = req.n or 1, req.partial_images or 0
-        meta = self._meta(req, dims, knobs.created if knobs.created is not None else int(time.time()))
-        meta["created_at"] = meta.pop("created")
+        created = knobs.created if knobs.created is not None else int(time.time())
+        meta = {"created_at": created, **self._meta(req, dims)}
         sent = 0
         await asyncio.sleep(latency)
         for index in range(n):
@@ -241,7 +241,8 @@ class DemoEngine:
             if sent:
                 await asyncio.sleep(interval)
             b64 = await self._image(req, knobs, dims, index, 1)
-            usage = self._usage(req, {**meta, "created": 0}, 1, partials, index == 0)
+            # Input tokens are billed once, on the first image's event.
+            usage = self._usage(req, dims, str(meta["quality"]), 1, partials, index == 0)
             yield self._event("image_generation.completed", b64, {**meta, "usage": usage})
             sent += 1
             if stop := self._fault(knobs, sent):
