@@ -39,6 +39,7 @@ __all__ = [
     "UpstreamProtocolError",
     "UpstreamTimeout",
     "UpstreamUnreachable",
+    "error_body_json",
     "error_event",
     "render_error",
 ]
@@ -183,6 +184,11 @@ def render_error(err: GatewayError) -> tuple[int, dict[str, str], bytes]:
     """Status, headers and body of the HTTP response for ``err``."""
     headers = {"Content-Type": "application/json", **err.headers}
     return err.status, headers, err.envelope_bytes()
+
+
+def error_body_json(err: GatewayError) -> bytes:
+    """``{"message", "type", "param", "code"}`` of ``err`` as JSON."""
+    return _encoder.encode(err.body())
 
 
 def error_event(err: GatewayError) -> bytes:

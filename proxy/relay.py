@@ -26,9 +26,9 @@ from aiohttp import web
 from adapters.base import ResponseHead, Translator, UpstreamRequest
 from adapters.openai_wire import Usage
 from proxy.config import Timeouts
-from proxy.errors import GatewayError, UpstreamProtocolError, UpstreamTimeout, error_event
-from proxy.meter import BodyMeter, add_usage, inspect_event
-from proxy.sse import KEEPALIVE, EventFramer, EventTooLarge, span_views, without_unsafe_fields
+from proxy.errors import GatewayError, UpstreamProtocolError, UpstreamTimeout, error_body_json, error_event
+from proxy.meter import BodyMeter, EventInfo, KeyScanner, add_usage, classify, inspect_event
+from proxy.sse import KEEPALIVE, EventFramer, EventTooLarge, Span, span_views, without_unsafe_fields
 from proxy.transport import Transport, UpstreamResponse, read_at_most
 
 __all__ = ["Exchange", "Outcome", "RelaySettings", "relay"]
@@ -134,8 +134,6 @@ async def relay(request: web.Request, ex: Exchange, settings: RelaySettings, out
         )
     except GatewayError as exc:
         err = exc
-    except EventTooLarge as exc:
-        err = UpstreamProtocolError(f"provider {ex.provider!r}: {exc} (server.max_event_bytes)")
     except (ConnectionResetError, asyncio.CancelledError):
         # The client went away: leaving the transport's context above closed
         # the upstream connection. Nothing is left to tell anyone.
@@ -189,6 +187,49 @@ async def _pump_body(upstream: UpstreamResponse, ex: Exchange, client: _Client) 
     client.outcome.usage = meter.usage() or ex.translator.usage()
 
 
+class _CutThrough:
+    """An event relayed piece by piece, before its end has arrived.
+
+    Holding a multi-MB event until its blank line would add a whole transfer
+    to the time to first image and make memory grow with the image; once its
+    first bytes show what it is, the rest goes out as it comes.
+    """
+
+    __slots__ = ("info", "scanner")
+
+    def __init__(self, info: EventInfo) -> None:
+        self.info = info
+        self.scanner = KeyScanner()
+
+    def feed(self, spans: list[Span]) -> None:
+        for buf, start, end in spans:
+            self.scanner.feed(buf, start, end)
+
+    def usage(self) -> Usage | None:
+        self.scanner.finish()
+        return self.scanner.usage()
+
+    def abandon(self, err: GatewayError) -> bytes:
+        """Bytes that end the half-sent event so no client takes it for whole.
+
+        Cut inside the base64 string (nearly always: it is most of the
+        event), closing the string and the object turns the event into one
+        with a top-level ``error``, which both official SDKs raise as
+        ``APIError``. Anywhere else the blank line leaves malformed JSON,
+        which fails any parser. The ``event: error`` frame follows either way.
+        """
+        self.scanner.finish()
+        if self.scanner.in_b64_value:
+            return b'","error":' + error_body_json(err) + b"}\n\n"
+        return b"\n\n"
+
+
+# Bytes of an event held before relaying it piece by piece: enough for its
+# field lines and the start of its data, to classify it and to catch fields
+# that must not reach the client (see sse.without_unsafe_fields).
+_HEAD = 256
+
+
 async def _pump_events(upstream: UpstreamResponse, ex: Exchange, settings: RelaySettings, client: _Client) -> None:
     loop = asyncio.get_running_loop()
     framer = EventFramer(settings.max_event_bytes)
@@ -196,54 +237,92 @@ async def _pump_events(upstream: UpstreamResponse, ex: Exchange, settings: Relay
     outcome = client.outcome
     completed = 0
     usage: Usage | None = None
+    through: _CutThrough | None = None
     last_read = last_write = loop.time()
-    while True:
-        now = loop.time()
-        wait = idle - (now - last_read)
-        # Keep-alives only between whole events: never inside a half-read one.
-        if keepalive and not framer.pending:
-            wait = min(wait, keepalive - (now - last_write))
-        chunk = await _read(upstream, max(wait, 0))
-        now = loop.time()
-        if chunk is None:
-            if now - last_read >= idle:
-                raise UpstreamTimeout(f"provider {ex.provider!r} sent nothing for {idle:g} s (idle timeout)")
-            await client.write(KEEPALIVE)
-            last_write = now
-            continue
-        last_read = now
-        out = ex.translator.feed(chunk) if chunk else ex.translator.finish()
-        data = chunk if out is None else out
-        for spans in framer.feed(data) if data else ():
-            info = inspect_event(spans)
-            if info.kind == "empty":
-                # An event-only frame (`event: ping`) reaches openai-python as
-                # `data: ""` and crashes its JSON parser: keep it upstream.
+
+    def count(info: EventInfo, event_usage: Usage | None) -> None:
+        nonlocal completed, usage
+        if info.kind == "partial":
+            outcome.partials += 1
+        elif info.kind == "completed":
+            completed += 1
+            usage = add_usage(usage, event_usage)
+
+    try:
+        while True:
+            now = loop.time()
+            wait = idle - (now - last_read)
+            # Keep-alives only between whole events: never inside a half-sent one.
+            if keepalive and not framer.pending:
+                wait = min(wait, keepalive - (now - last_write))
+            chunk = await _read(upstream, max(wait, 0))
+            now = loop.time()
+            if chunk is None:
+                if now - last_read >= idle:
+                    raise UpstreamTimeout(f"provider {ex.provider!r} sent nothing for {idle:g} s (idle timeout)")
+                await client.write(KEEPALIVE)
+                last_write = now
                 continue
-            if info.unsafe:
-                await client.write(without_unsafe_fields(spans))
-            else:
-                for view in span_views(spans):
-                    await client.write(view)
-            last_write = loop.time()
-            if info.kind == "partial":
-                outcome.partials += 1
-            elif info.kind == "completed":
-                completed += 1
-                usage = add_usage(usage, info.usage)
-            elif info.kind == "error":
-                # The upstream's own error event went out as sent; it ends the stream.
-                outcome.error_type = "moderation" if info.moderation else "status_5xx"
-                outcome.images, outcome.usage = completed, usage
-                await client.response.write_eof()
-                return
-        if not chunk:
-            break
-    outcome.images, outcome.usage = completed, usage or ex.translator.usage()
-    if framer.pending:
-        raise UpstreamProtocolError(f"provider {ex.provider!r} ended the stream in the middle of an event")
+            last_read = now
+            out = ex.translator.feed(chunk) if chunk else ex.translator.finish()
+            data = chunk if out is None else out
+            for spans in framer.feed(data) if data else ():
+                if through is not None:
+                    # The rest of an event already on its way.
+                    through.feed(spans)
+                    await _write_spans(client, spans)
+                    count(through.info, through.usage())
+                    through = None
+                    continue
+                info = inspect_event(spans)
+                if info.kind == "empty":
+                    # An event-only frame (`event: ping`) reaches openai-python
+                    # as `data: ""` and crashes its JSON parser: keep it here.
+                    continue
+                if info.unsafe:
+                    await client.write(without_unsafe_fields(spans))
+                else:
+                    await _write_spans(client, spans)
+                count(info, info.usage)
+                if info.kind == "error":
+                    # The upstream's own error event went out as sent; it ends the stream.
+                    outcome.error_type = "moderation" if info.moderation else "status_5xx"
+                    outcome.images, outcome.usage = completed, usage
+                    await client.response.write_eof()
+                    return
+            if framer.pending and (through is not None or framer.held >= _HEAD):
+                if through is None:
+                    info = classify(framer.peek(_HEAD))
+                    if info.kind not in ("empty", "comment") and not info.unsafe:
+                        through = _CutThrough(info)
+                if through is not None:
+                    spans = framer.take()
+                    through.feed(spans)
+                    await _write_spans(client, spans)
+            if through is not None or data:
+                last_write = loop.time()
+            if not chunk:
+                break
+        if framer.pending:
+            raise UpstreamProtocolError(f"provider {ex.provider!r} ended the stream in the middle of an event")
+    except EventTooLarge as exc:
+        err = UpstreamProtocolError(f"provider {ex.provider!r}: {exc} (server.max_event_bytes)")
+        if through is not None:
+            await client.write(through.abandon(err))
+        raise err from None
+    except GatewayError as err:
+        if through is not None:
+            await client.write(through.abandon(err))
+        raise
+    finally:
+        outcome.images, outcome.usage = completed, usage or ex.translator.usage()
     if not completed:
         raise UpstreamProtocolError(
             f"provider {ex.provider!r} ended the stream before any image_generation.completed event"
         )
     await client.response.write_eof()
+
+
+async def _write_spans(client: _Client, spans: list[Span]) -> None:
+    for view in span_views(spans):
+        await client.write(view)

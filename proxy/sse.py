@@ -56,6 +56,24 @@ class EventFramer:
         """True while part of an event has been received but not its end."""
         return self._size > 0
 
+    @property
+    def held(self) -> int:
+        """Bytes of the current event received and not yet taken."""
+        return sum(end - start for _, start, end in self._spans)
+
+    def peek(self, limit: int) -> bytes:
+        """The first ``limit`` held bytes of the current event (a small copy)."""
+        return head_of(self._spans, limit)
+
+    def take(self) -> list[Span]:
+        """Hand over the held part of the current event, to relay it before its end.
+
+        The event stays open: its size still counts against the maximum, and
+        ``feed`` yields only the rest of it when its end arrives.
+        """
+        spans, self._spans = self._spans, []
+        return spans
+
     def feed(self, chunk: bytes) -> Iterator[list[Span]]:
         """Yield every event that ``chunk`` completes, in order."""
         n = len(chunk)

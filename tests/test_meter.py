@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from proxy.meter import BodyMeter, add_usage, inspect_event
+from proxy.meter import BodyMeter, KeyScanner, add_usage, inspect_event
 
 USAGE = {"input_tokens": 5, "output_tokens": 7, "total_tokens": 12, "input_tokens_details": {"text_tokens": 5, "image_tokens": 0}}
 BODY = (
@@ -63,3 +63,22 @@ def test_usage_sums_over_images() -> None:
     total = add_usage(total, first.usage)
     assert (total.input_tokens, total.output_tokens, total.total_tokens) == (10, 20, 30)
     assert first.usage.output_tokens == 10  # the event's own usage is not mutated
+
+
+def test_scanner_knows_when_it_is_inside_the_b64_value() -> None:
+    event = b'data: {"type":"image_generation.partial_image","b64_json":"QUFBQUFB","size":"1024x1024"}\n\n'
+    # From just past the value's opening quote to its closing quote included.
+    inside = event.index(b"QUFB")
+    after = event.index(b'","size"') + 1
+    for cut in range(len(event) + 1):
+        scanner = KeyScanner()
+        scanner.feed(event[:cut])
+        scanner.finish()
+        assert scanner.in_b64_value == (inside <= cut < after), cut
+
+
+def test_keys_are_matched_with_their_colon_only() -> None:
+    scanner = KeyScanner(b"url")
+    scanner.feed(b'{"revised_prompt":"url","note":"say \\"url\\": fine","data":[{"url":"https://x"}]}')
+    scanner.finish()
+    assert scanner.counts == {b"url": 1}

@@ -208,7 +208,9 @@ async def test_stream_without_completed_event_ends_with_error_event(fake_upstrea
     assert len(events) == 2
 
 
-async def test_stream_cut_mid_event_ends_with_error_event_not_half_event(fake_upstream, gateway) -> None:
+async def test_stream_cut_mid_event_closes_the_event_as_an_error(fake_upstream, gateway) -> None:
+    """A big event goes out as it arrives; if the upstream breaks inside it,
+    the half-sent event is closed into one with a top-level "error"."""
     partial = _event("image_generation.partial_image", b"AAAA", partial_image_index=0)
     completed = _event("image_generation.completed", b"B" * 100_000, usage=USAGE)
     gw = await gateway(single_provider_config(v1(await fake_upstream(sse_upstream([partial, completed[:50_000]])))))
@@ -216,9 +218,46 @@ async def test_stream_cut_mid_event_ends_with_error_event_not_half_event(fake_up
         async with session.post(gw.make_url("/v1/images/generations"), json=BODY | {"stream": True}) as resp:
             events = await _read_events(resp)
     assert events[0] == partial
-    assert events[1].startswith(b"event: error\n")
-    assert b"middle of an event" in events[1]
-    assert len(events) == 2
+    assert events[1].startswith(completed[:50_000])
+    cut = json.loads(events[1].split(b"data: ", 1)[1])
+    assert cut["type"] == "image_generation.completed"
+    assert cut["error"]["code"] == "upstream_protocol_error" and "middle of an event" in cut["error"]["message"]
+    assert events[2].startswith(b"event: error\n") and b"middle of an event" in events[2]
+    assert len(events) == 3
+
+    client = openai.AsyncOpenAI(base_url=v1(gw), api_key="unused", max_retries=0)
+    stream = await client.images.generate(model="gpt-image-1.5", prompt="a fox", stream=True, partial_images=1)
+    seen = []
+    with pytest.raises(openai.APIError, match="middle of an event"):
+        async for event in stream:
+            seen.append(event.type)
+    await client.close()
+    assert seen == ["image_generation.partial_image"]
+
+
+async def test_big_event_reaches_client_before_its_end_arrives(fake_upstream, gateway) -> None:
+    release = asyncio.Event()
+    completed = _event("image_generation.completed", b"C" * 2_000_000, usage=USAGE)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(completed[:1_000_000])
+        await release.wait()
+        await resp.write(completed[1_000_000:])
+        await resp.write_eof()
+        return resp
+
+    gw = await gateway(single_provider_config(v1(await fake_upstream(handler)), server={"keepalive_interval": 0.05}))
+    async with aiohttp.ClientSession() as session:
+        async with session.post(gw.make_url("/v1/images/generations"), json=BODY | {"stream": True}) as resp:
+            got = b""
+            while len(got) < 1_000_000:
+                got += await asyncio.wait_for(resp.content.readany(), 5)
+            await asyncio.sleep(0.2)  # silent upstream mid-event: no keep-alive may be inserted
+            release.set()
+            got += await resp.read()
+    assert got == completed
 
 
 async def test_upstream_error_event_is_relayed_and_ends_the_stream(fake_upstream, gateway) -> None:

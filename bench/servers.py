@@ -1,0 +1,183 @@
+"""Starting and stopping the processes under test: demo upstream and gateway.
+
+Every child is started in a session of its own, so a Ctrl-C at the terminal
+reaches only the orchestrator, which then stops the children in order (the
+``finally`` of ``running_servers``). Each child also asks the kernel for
+SIGKILL should the orchestrator die without cleaning up (``PR_SET_PDEATHSIG``),
+so not even a ``kill -9`` of the bench leaves servers bound to ports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["BenchError", "ManagedProcess", "Servers", "child_preexec", "running_servers"]
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+_PR_SET_PDEATHSIG = 1
+
+
+class BenchError(Exception):
+    """A scenario or a server failed: the bench exits non-zero."""
+
+
+def child_preexec() -> None:
+    """In the child, before exec: die with the parent (Linux); leave Ctrl-C to the parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def free_port() -> int:
+    """A port free right now (another process could take it before we bind it)."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+class ManagedProcess:
+    """A server child with its output in a log file, stopped by ``stop()``."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        with log_path.open("wb") as log:
+            self._proc = subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=child_preexec,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def alive(self) -> bool:
+        return self._proc.poll() is None
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM (a graceful aiohttp shutdown), SIGKILL if it lingers."""
+        if not self.alive():
+            return
+        self._proc.terminate()
+        try:
+            self._proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+    def wait_ready(self, url: str, timeout: float = 20.0) -> None:
+        """Poll ``url`` until it answers 200; fail early if the process exits."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise BenchError(f"{self.name} exited during start-up:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(url, timeout=1.0) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.05)
+        raise BenchError(f"{self.name} not ready at {url} after {timeout:g} s:\n{self.log_tail()}")
+
+
+@dataclass(frozen=True)
+class Servers:
+    upstream: ManagedProcess
+    upstream_port: int
+    gateway: ManagedProcess
+    gateway_port: int
+
+    def check_alive(self) -> None:
+        for proc in (self.upstream, self.gateway):
+            if not proc.alive():
+                raise BenchError(f"{proc.name} (pid {proc.pid}) has exited:\n{proc.log_tail()}")
+
+
+def _pixelgate() -> list[str]:
+    """The venv's ``pixelgate`` script, or ``python -m proxy`` (the same CLI) without it."""
+    script = Path(sys.executable).with_name("pixelgate")
+    if script.exists() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "proxy"]
+
+
+_CONFIG = """\
+server: {{host: {host}, port: 0, keepalive_interval: 15}}
+providers:
+  up: {{adapter: openai, base_url: "http://{host}:{port}/v1"}}
+models:
+  bench: [{{provider: up}}]
+"""
+
+
+def _start(name: str, argv: list[str], ready_path: str, port: int, logs: Path) -> ManagedProcess:
+    proc = ManagedProcess(name, argv, logs / f"{name}.log")
+    try:
+        proc.wait_ready(f"http://{HOST}:{port}{ready_path}")
+    except BaseException:
+        proc.stop()
+        raise
+    return proc
+
+
+@contextlib.contextmanager
+def running_servers(logs: Path) -> Iterator[Servers]:
+    """The demo upstream and a gateway in front of it; both stopped on exit."""
+    logs.mkdir(parents=True, exist_ok=True)
+    started: list[ManagedProcess] = []
+    with tempfile.TemporaryDirectory(prefix="pixelgate-bench-") as tmp:
+        try:
+            up_port = free_port()
+            upstream = _start(
+                "upstream",
+                [*_pixelgate(), "demo-upstream", "--host", HOST, "--port", str(up_port)],
+                "/v1/models",
+                up_port,
+                logs,
+            )
+            started.append(upstream)
+            config = Path(tmp) / "gateway.yaml"
+            config.write_text(_CONFIG.format(host=HOST, port=up_port))
+            gw_port = free_port()
+            gateway = _start(
+                "gateway",
+                [*_pixelgate(), "serve", "--config", str(config), "--host", HOST, "--port", str(gw_port)],
+                "/healthz",
+                gw_port,
+                logs,
+            )
+            started.append(gateway)
+            yield Servers(upstream, up_port, gateway, gw_port)
+        finally:
+            for proc in reversed(started):
+                proc.stop()
+
+
