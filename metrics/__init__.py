@@ -11,7 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from proxy.dispatch import Attempt
 
 __all__ = ["ERROR_TYPES", "OTHER", "Metrics"]
 
@@ -27,10 +32,16 @@ ERROR_TYPES = frozenset(
         "protocol",
         "moderation",
         "client_disconnect",
+        "slow_client",
+        "circuit_open",
+        "shutdown",
         "invalid_request",
         "internal",
     }
 )
+
+# Circuit breaker states as gauge values.
+BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 
 # 10 ms to 10 min: a cached or tiny image to a high-quality generation with partials.
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600)
@@ -65,6 +76,47 @@ class Metrics:
             ["provider", "model", "error_type"],
             registry=registry,
         )
+
+        self.attempts = Counter(
+            "pixelgate_upstream_attempts",
+            "Upstream attempts by result: ok, or the error type that ended the attempt.",
+            ["provider", "model", "result"],
+            registry=registry,
+        )
+        self.retries = Counter(
+            "pixelgate_retries",
+            "Attempts that retried the same deployment after a failure.",
+            ["provider", "model"],
+            registry=registry,
+        )
+        self.fallbacks = Counter(
+            "pixelgate_fallbacks",
+            "Attempts that failed over to another deployment; provider is the one failed over to.",
+            ["provider", "model"],
+            registry=registry,
+        )
+        self.breaker = Gauge(
+            "pixelgate_breaker_state",
+            "Circuit breaker state per deployment: 0 closed, 1 half-open, 2 open.",
+            ["provider", "model"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
+
+    def observe_attempt(self, attempt: Attempt, previous: Attempt | None) -> None:
+        route = attempt.route
+        p, m = self.provider_label(route.provider.name), self.model_label(route.public_model)
+        kind = attempt.kind if attempt.kind == "ok" or attempt.kind in ERROR_TYPES else "internal"
+        self.attempts.labels(p, m, kind).inc()
+        if previous is not None and previous.kind != "ok":
+            if previous.route.breaker is route.breaker:
+                self.retries.labels(p, m).inc()
+            else:
+                self.fallbacks.labels(p, m).inc()
+        self.breaker_state(route.provider.name, route.public_model, route.breaker.state.value)
+
+    def breaker_state(self, provider: str, model: str, state: str) -> None:
+        self.breaker.labels(self.provider_label(provider), self.model_label(model)).set(BREAKER_STATES[state])
 
     def model_label(self, name: str | None) -> str:
         return name if name in self._models else OTHER

@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from metrics import Metrics
+from proxy.breaker import Breaker
 from proxy.config import Config
 from proxy.relay import RelaySettings
 from proxy.routing import Router
+from proxy.state import GatewayState
 
-__all__ = ["CONFIG", "METRICS", "REGISTRY", "RELAY_SETTINGS", "REQUEST_ID", "ROUTER", "STATE", "GatewayState"]
-
-
-@dataclass(slots=True)
-class GatewayState:
-    # False until start-up finished and again once shutdown began.
-    ready: bool = False
+__all__ = ["BREAKERS", "CONFIG", "METRICS", "REGISTRY", "RELAY_SETTINGS", "REQUEST_ID", "ROUTER", "STATE"]
 
 
+BREAKERS = web.AppKey("breakers", dict[tuple[str, int], Breaker])
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
 REGISTRY = web.AppKey("registry", CollectorRegistry)

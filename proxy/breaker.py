@@ -20,15 +20,9 @@ from enum import Enum
 
 import msgspec
 
-__all__ = ["Breaker", "BreakerConfig", "BreakerSnapshot", "State"]
+from proxy.config import BreakerConfig
 
-
-class BreakerConfig(msgspec.Struct, forbid_unknown_fields=True):
-    consecutive_failures: int = 5
-    failure_ratio: float = 0.5
-    min_requests: int = 10
-    window: float = 60.0
-    cooldown: float = 30.0
+__all__ = ["Breaker", "BreakerSnapshot", "State"]
 
 
 class State(str, Enum):

@@ -66,6 +66,5 @@ def main(argv: list[str] | None = None) -> int:
 
     log = logging.getLogger("pixelgate")
     log.info("%s", _describe(config, bool(args.config or os.environ.get("PIXELGATE_CONFIG"))))
-    log.info("Pixelgate on http://%s:%d/v1", config.server.host, config.server.port)
     run(config)
     return 0

@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 import yaml
@@ -19,7 +19,20 @@ from msgspec import Meta
 
 from adapters import REGISTRY
 
-__all__ = ["Config", "ConfigError", "Deployment", "ProviderConfig", "ServerConfig", "Timeouts", "WILDCARD", "load_config", "zero_config"]
+__all__ = [
+    "BreakerConfig",
+    "Config",
+    "ConfigError",
+    "Deployment",
+    "ModelConfig",
+    "ProviderConfig",
+    "RoutingConfig",
+    "ServerConfig",
+    "Timeouts",
+    "WILDCARD",
+    "load_config",
+    "zero_config",
+]
 
 # A models key that serves every model name not configured explicitly.
 WILDCARD = "*"
@@ -38,8 +51,14 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
     max_event_bytes: Annotated[int, Meta(ge=64 * 1024)] = 32 * MiB
     # Comment lines sent while an upstream stream is silent; 0 disables them.
     keepalive_interval: Annotated[float, Meta(ge=0)] = 15.0
-    # How long in-flight requests get to finish on SIGTERM.
+    # On SIGTERM: keep serving this long with /readyz failing, so load
+    # balancers stop sending new requests first (Kubernetes: a few seconds).
+    drain_delay: Annotated[float, Meta(ge=0)] = 0.0
+    # Then in-flight requests get this long to finish; streams still open
+    # after it end with an error event.
     shutdown_timeout: Annotated[float, Meta(ge=0)] = 30.0
+    # A client that cannot take a write within this long is cut off.
+    write_timeout: Annotated[float, Meta(gt=0)] = 60.0
 
 
 class Timeouts(msgspec.Struct, forbid_unknown_fields=True):
@@ -74,10 +93,44 @@ class Deployment(msgspec.Struct, forbid_unknown_fields=True):
     weight: Annotated[float, Meta(gt=0)] = 1.0
 
 
+class ModelConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """A public model: its deployments, tried in ``strategy`` order."""
+
+    deployments: Annotated[list[Deployment], Meta(min_length=1)]
+    # priority: config order; weighted: random order by weight, per request.
+    strategy: Literal["priority", "weighted"] = "priority"
+
+
+class BreakerConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """Per deployment: opens on a run of failures or a high failure ratio."""
+
+    consecutive_failures: Annotated[int, Meta(ge=1)] = 5
+    failure_ratio: Annotated[float, Meta(gt=0, le=1)] = 0.5
+    # The ratio counts only once the window holds this many requests.
+    min_requests: Annotated[int, Meta(ge=1)] = 10
+    window: Seconds = 60.0
+    # Open this long, then one probe request decides.
+    cooldown: Seconds = 30.0
+
+
+class RoutingConfig(msgspec.Struct, forbid_unknown_fields=True):
+    # Retries of one deployment before failing over to the next.
+    retries: Annotated[int, Meta(ge=0, le=10)] = 1
+    # Exponential backoff with full jitter: uniform(0, min(max, base * 2**n)).
+    backoff_base: Annotated[float, Meta(ge=0)] = 0.25
+    backoff_max: Annotated[float, Meta(ge=0)] = 8.0
+    # Retry-After / retry-after-ms from an upstream is honoured up to this.
+    retry_after_max: Annotated[float, Meta(ge=0)] = 30.0
+    # One deadline for all attempts of a request.
+    deadline: Seconds = 1800.0
+    breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     providers: dict[str, ProviderConfig]
-    models: dict[str, Annotated[list[Deployment], Meta(min_length=1)]]
+    models: dict[str, ModelConfig]
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
 
 
 class ConfigError(Exception):
@@ -136,16 +189,21 @@ class _Document(msgspec.Struct, forbid_unknown_fields=True):
     providers: dict[str, Any]
     models: dict[str, Any]
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
 
 
-_Deployments = Annotated[list[Deployment], Meta(min_length=1)]
+# A model is a list of deployments (priority order) or a ModelConfig.
+_Model = Annotated[list[Deployment], Meta(min_length=1)] | ModelConfig
 
 
 def _decode(data: Any) -> Config:
     doc = _convert(data, _Document)
     providers = {name: _convert(p, ProviderConfig, f"providers.{name}") for name, p in doc.providers.items()}
-    models = {name: _convert(d, _Deployments, f"models.{name}") for name, d in doc.models.items()}
-    return Config(providers=providers, models=models, server=doc.server)
+    models = {}
+    for name, entry in doc.models.items():
+        model = _convert(entry, _Model, f"models.{name}")
+        models[name] = model if isinstance(model, ModelConfig) else ModelConfig(deployments=model)
+    return Config(providers=providers, models=models, server=doc.server, routing=doc.routing)
 
 
 def _check(config: Config) -> Config:
@@ -159,10 +217,10 @@ def _check(config: Config) -> Config:
             adapter.check(base_url=provider.base_url, api_key=provider.api_key, options=options)
         except ValueError as exc:
             raise ConfigError(f"providers.{name}.{exc}") from None
-    for model, deployments in config.models.items():
-        for i, deployment in enumerate(deployments):
+    for name, model in config.models.items():
+        for i, deployment in enumerate(model.deployments):
             if deployment.provider not in config.providers:
-                raise ConfigError(f"models.{model}[{i}].provider: unknown provider {deployment.provider!r}")
+                raise ConfigError(f"models.{name}[{i}].provider: unknown provider {deployment.provider!r}")
     return config
 
 

@@ -10,6 +10,8 @@ as an HTTP response before the first byte of a response was sent, or as an
     ├── AuthenticationFailed        401  (access control)
     ├── ModelNotFound               404  no configured model of that name
     ├── PayloadTooLarge             413  body over the configured limit
+    ├── GatewayShuttingDown         503  stopped by shutdown's grace period
+    ├── NoProviderAvailable         503  every deployment's circuit is open
     └── UpstreamFailure             5xx  the provider could not answer
         ├── UpstreamUnreachable     502  connect error, reset before headers
         ├── UpstreamTimeout         504  connect / first byte / idle / total
@@ -31,8 +33,10 @@ __all__ = [
     "ErrorBody",
     "ErrorEnvelope",
     "GatewayError",
+    "GatewayShuttingDown",
     "InvalidRequest",
     "ModelNotFound",
+    "NoProviderAvailable",
     "PayloadTooLarge",
     "UpstreamError",
     "UpstreamFailure",
@@ -115,6 +119,24 @@ class PayloadTooLarge(GatewayError):
     type = "invalid_request_error"
     code = "request_too_large"
     error_type = "invalid_request"
+
+
+class GatewayShuttingDown(GatewayError):
+    """The gateway stopped this request because it is shutting down."""
+
+    status = 503
+    type = "server_error"
+    code = "gateway_shutting_down"
+    error_type = "shutdown"
+
+
+class NoProviderAvailable(GatewayError):
+    """Every deployment of the model is behind an open circuit breaker."""
+
+    status = 503
+    type = "server_error"
+    code = "no_provider_available"
+    error_type = "circuit_open"
 
 
 class UpstreamFailure(GatewayError):

@@ -20,18 +20,18 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-import msgspec
 from aiohttp import web
 
 from adapters.base import ResponseHead, Translator, UpstreamRequest
 from adapters.openai_wire import Usage
 from proxy.config import Timeouts
-from proxy.errors import GatewayError, UpstreamProtocolError, UpstreamTimeout, error_body_json, error_event
+from proxy.errors import GatewayError, GatewayShuttingDown, UpstreamProtocolError, UpstreamTimeout, error_body_json, error_event
+from proxy.state import GatewayState
 from proxy.meter import BodyMeter, EventInfo, KeyScanner, add_usage, classify, inspect_event
 from proxy.sse import KEEPALIVE, EventFramer, EventTooLarge, Span, span_views, without_unsafe_fields
 from proxy.transport import Transport, UpstreamResponse, read_at_most
 
-__all__ = ["Exchange", "Outcome", "RelaySettings", "relay"]
+__all__ = ["ClientTooSlow", "Exchange", "Outcome", "RelaySettings", "relay"]
 
 log = logging.getLogger("pixelgate.relay")
 
@@ -39,9 +39,18 @@ log = logging.getLogger("pixelgate.relay")
 _ERROR_BODY_LIMIT = 64 * 1024
 
 
-class RelaySettings(msgspec.Struct, frozen=True):
+@dataclass(frozen=True, slots=True)
+class RelaySettings:
     max_event_bytes: int
     keepalive_interval: float
+    # A write the client cannot take within this long ends its response.
+    write_timeout: float
+    # Whether shutdown has passed its grace period (see proxy.state).
+    state: GatewayState
+
+
+class ClientTooSlow(ConnectionResetError):
+    """The client did not take a write within ``server.write_timeout``."""
 
 
 @dataclass(slots=True)
@@ -66,15 +75,18 @@ class Outcome:
     usage: Usage | None = None
     bytes_out: int = 0
     error_type: str | None = None
+    # Seconds from the start of the attempt to the upstream's status line.
+    headers_after: float | None = None
 
 
 class _Client:
-    """The client side of one relay: lazy ``prepare``, counted writes."""
+    """The client side of one relay: lazy ``prepare``, counted, bounded writes."""
 
-    __slots__ = ("_request", "outcome", "response")
+    __slots__ = ("_request", "_write_timeout", "outcome", "response")
 
-    def __init__(self, request: web.Request, response: web.StreamResponse, outcome: Outcome) -> None:
+    def __init__(self, request: web.Request, response: web.StreamResponse, outcome: Outcome, write_timeout: float) -> None:
         self._request = request
+        self._write_timeout = write_timeout
         self.response = response
         self.outcome = outcome
 
@@ -82,7 +94,13 @@ class _Client:
         if not self.response.prepared:
             await self.response.prepare(self._request)
         self.outcome.bytes_out += len(data)
-        await self.response.write(data)
+        # write() waits while the client's socket is full: that wait is the
+        # backpressure that stops upstream reads, and it must not be endless.
+        try:
+            async with asyncio.timeout(self._write_timeout):
+                await self.response.write(data)
+        except TimeoutError:
+            raise ClientTooSlow(f"the client took no data for {self._write_timeout:g} s") from None
 
     def abort(self) -> None:
         """Break the connection: the client must not take a cut body as whole."""
@@ -111,15 +129,17 @@ async def relay(request: web.Request, ex: Exchange, settings: RelaySettings, out
     """
     client: _Client | None = None
     stream = False
+    started = asyncio.get_running_loop().time()
     try:
         async with asyncio.timeout(ex.timeouts.total) as total:
             async with ex.transport.open(ex.upstream, ex.provider, ex.timeouts) as upstream:
+                outcome.headers_after = asyncio.get_running_loop().time() - started
                 if not 200 <= upstream.status < 300:
                     body = await read_at_most(upstream, _ERROR_BODY_LIMIT)
                     raise ex.translator.error(upstream.status, upstream.headers, body)
                 head = ex.translator.response(upstream.status, upstream.headers)
                 stream = head.stream
-                client = _Client(request, _response(ex, head, upstream), outcome)
+                client = _Client(request, _response(ex, head, upstream), outcome, settings.write_timeout)
                 if stream:
                     await _pump_events(upstream, ex, settings, client)
                 else:
@@ -134,12 +154,25 @@ async def relay(request: web.Request, ex: Exchange, settings: RelaySettings, out
         )
     except GatewayError as exc:
         err = exc
-    except (ConnectionResetError, asyncio.CancelledError):
-        # The client went away: leaving the transport's context above closed
-        # the upstream connection. Nothing is left to tell anyone.
-        outcome.error_type = "client_disconnect"
+    except ConnectionResetError as exc:
+        # The client went away, or could not keep up: leaving the transport's
+        # context above closed the upstream connection.
+        outcome.error_type = "slow_client" if isinstance(exc, ClientTooSlow) else "client_disconnect"
         outcome.status = 499
+        if client is not None:
+            client.abort()
+            return client.response
         raise
+    except asyncio.CancelledError:
+        if not settings.state.closing:
+            # The client went away (aiohttp cancels its handler at once).
+            outcome.error_type = "client_disconnect"
+            outcome.status = 499
+            raise
+        # Shutdown's grace period is over: end this response properly.
+        if (task := asyncio.current_task()) is not None:
+            task.uncancel()
+        err = GatewayShuttingDown("The gateway is shutting down; retry the request.")
     outcome.error_type = err.error_type
     if client is None or not client.response.prepared:
         outcome.status = err.status
@@ -249,67 +282,72 @@ async def _pump_events(upstream: UpstreamResponse, ex: Exchange, settings: Relay
             usage = add_usage(usage, event_usage)
 
     try:
-        while True:
-            now = loop.time()
-            wait = idle - (now - last_read)
-            # Keep-alives only between whole events: never inside a half-sent one.
-            if keepalive and not framer.pending:
-                wait = min(wait, keepalive - (now - last_write))
-            chunk = await _read(upstream, max(wait, 0))
-            now = loop.time()
-            if chunk is None:
-                if now - last_read >= idle:
-                    raise UpstreamTimeout(f"provider {ex.provider!r} sent nothing for {idle:g} s (idle timeout)")
-                await client.write(KEEPALIVE)
-                last_write = now
-                continue
-            last_read = now
-            out = ex.translator.feed(chunk) if chunk else ex.translator.finish()
-            data = chunk if out is None else out
-            for spans in framer.feed(data) if data else ():
-                if through is not None:
-                    # The rest of an event already on its way.
-                    through.feed(spans)
-                    await _write_spans(client, spans)
-                    count(through.info, through.usage())
-                    through = None
+        try:
+            while True:
+                now = loop.time()
+                wait = idle - (now - last_read)
+                # Keep-alives only between whole events: never inside a half-sent one.
+                if keepalive and not framer.pending:
+                    wait = min(wait, keepalive - (now - last_write))
+                chunk = await _read(upstream, max(wait, 0))
+                now = loop.time()
+                if chunk is None:
+                    if now - last_read >= idle:
+                        raise UpstreamTimeout(f"provider {ex.provider!r} sent nothing for {idle:g} s (idle timeout)")
+                    await client.write(KEEPALIVE)
+                    last_write = now
                     continue
-                info = inspect_event(spans)
-                if info.kind == "empty":
-                    # An event-only frame (`event: ping`) reaches openai-python
-                    # as `data: ""` and crashes its JSON parser: keep it here.
-                    continue
-                if info.unsafe:
-                    await client.write(without_unsafe_fields(spans))
-                else:
-                    await _write_spans(client, spans)
-                count(info, info.usage)
-                if info.kind == "error":
-                    # The upstream's own error event went out as sent; it ends the stream.
-                    outcome.error_type = "moderation" if info.moderation else "status_5xx"
-                    outcome.images, outcome.usage = completed, usage
-                    await client.response.write_eof()
-                    return
-            if framer.pending and (through is not None or framer.held >= _HEAD):
-                if through is None:
-                    info = classify(framer.peek(_HEAD))
-                    if info.kind not in ("empty", "comment") and not info.unsafe:
-                        through = _CutThrough(info)
-                if through is not None:
-                    spans = framer.take()
-                    through.feed(spans)
-                    await _write_spans(client, spans)
-            if through is not None or data:
-                last_write = loop.time()
-            if not chunk:
-                break
-        if framer.pending:
-            raise UpstreamProtocolError(f"provider {ex.provider!r} ended the stream in the middle of an event")
-    except EventTooLarge as exc:
-        err = UpstreamProtocolError(f"provider {ex.provider!r}: {exc} (server.max_event_bytes)")
-        if through is not None:
-            await client.write(through.abandon(err))
-        raise err from None
+                last_read = now
+                out = ex.translator.feed(chunk) if chunk else ex.translator.finish()
+                data = chunk if out is None else out
+                for spans in framer.feed(data) if data else ():
+                    if through is not None:
+                        # The rest of an event already on its way.
+                        through.feed(spans)
+                        await _write_spans(client, spans)
+                        count(through.info, through.usage())
+                        through = None
+                        continue
+                    info = inspect_event(spans)
+                    if info.kind == "empty":
+                        # An event-only frame (`event: ping`) reaches openai-python
+                        # as `data: ""` and crashes its JSON parser: keep it here.
+                        continue
+                    if info.unsafe:
+                        await client.write(without_unsafe_fields(spans))
+                    else:
+                        await _write_spans(client, spans)
+                    count(info, info.usage)
+                    if info.kind == "error":
+                        # The upstream's own error event went out as sent; it ends the stream.
+                        outcome.error_type = "moderation" if info.moderation else "status_5xx"
+                        outcome.images, outcome.usage = completed, usage
+                        await client.response.write_eof()
+                        return
+                if framer.pending and (through is not None or framer.held >= _HEAD):
+                    if through is None:
+                        info = classify(framer.peek(_HEAD))
+                        if info.kind not in ("empty", "comment") and not info.unsafe:
+                            through = _CutThrough(info)
+                    if through is not None:
+                        spans = framer.take()
+                        through.feed(spans)
+                        await _write_spans(client, spans)
+                if through is not None or data:
+                    last_write = loop.time()
+                if not chunk:
+                    break
+            if framer.pending:
+                raise UpstreamProtocolError(f"provider {ex.provider!r} ended the stream in the middle of an event")
+        except asyncio.CancelledError:
+            if not settings.state.closing:
+                raise
+            # Shutdown's grace period is over: end the stream with an error.
+            if (task := asyncio.current_task()) is not None:
+                task.uncancel()
+            raise GatewayShuttingDown("The gateway is shutting down; retry the request.") from None
+        except EventTooLarge as exc:
+            raise UpstreamProtocolError(f"provider {ex.provider!r}: {exc} (server.max_event_bytes)") from None
     except GatewayError as err:
         if through is not None:
             await client.write(through.abandon(err))

@@ -1,21 +1,26 @@
-"""From a public model name and the request's ``provider`` preferences to an
-ordered list of deployments to try.
+"""From a public model name and the request's ``provider`` preferences to the
+ordered deployments to try.
 
 ``only`` keeps the named providers, ``ignore`` drops them, ``order`` puts the
-named ones first (in that order, the rest after in config order),
+named ones first (in that order, the rest after in strategy order),
 ``include_alpha`` admits deployments marked ``alpha: true``, and
 ``allow_fallbacks: false`` keeps only the first. Unknown provider names are a
-400 naming them: a typo must not silently route elsewhere.
+400 naming them: a typo must not silently route elsewhere. The model's
+``strategy`` orders what is left: config order (``priority``) or a random
+order drawn by weight (``weighted``). Circuit breakers are consulted as each
+deployment's turn comes (see ``proxy.dispatch``), not here.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 from msgspec import UnsetType
 
 from adapters.base import Adapter
-from proxy.config import WILDCARD, Config, Timeouts
+from proxy.breaker import Breaker
+from proxy.config import WILDCARD, Config, Deployment, Timeouts
 from proxy.errors import InvalidRequest, ModelNotFound
 from proxy.schema import ProviderPreferences
 from proxy.transport import Transport
@@ -37,14 +42,29 @@ class Provider:
 class Route:
     provider: Provider
     upstream_model: str
-    # The configured public name (or the wildcard) for metric labels.
+    # The configured public name (or the wildcard), for metric labels.
     public_model: str
+    # One per configured deployment: keyed by config, never by client input.
+    breaker: Breaker
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    deployment: Deployment
+    provider: Provider
+    breaker: Breaker
 
 
 class Router:
-    def __init__(self, config: Config, providers: dict[str, Provider]) -> None:
+    def __init__(self, config: Config, providers: dict[str, Provider], breakers: dict[tuple[str, int], Breaker]) -> None:
         self._config = config
         self._providers = providers
+        self._candidates = {
+            model: [
+                _Candidate(d, providers[d.provider], breakers[(model, i)]) for i, d in enumerate(entry.deployments)
+            ]
+            for model, entry in config.models.items()
+        }
 
     @property
     def public_models(self) -> list[str]:
@@ -54,10 +74,11 @@ class Router:
         if not isinstance(model, str) or not model:
             raise InvalidRequest("You must provide a model parameter.", param="model", code="missing_required_parameter")
         public = model if model in self._config.models else WILDCARD
-        deployments = self._config.models.get(public)
-        if deployments is None:
+        candidates = self._candidates.get(public)
+        if candidates is None:
             raise ModelNotFound(f"The model `{model}` does not exist or is not served by this gateway.", param="model")
-        candidates = [(d, self._providers[d.provider]) for d in deployments]
+        if self._config.models[public].strategy == "weighted":
+            candidates = _weighted_order(candidates)
         if isinstance(prefs, ProviderPreferences):
             candidates = self._apply(prefs, candidates)
             if not candidates:
@@ -67,16 +88,16 @@ class Router:
                     code="no_eligible_provider",
                 )
         else:
-            candidates = [c for c in candidates if not c[0].alpha]
+            candidates = [c for c in candidates if not c.deployment.alpha]
             if not candidates:
                 raise InvalidRequest(
                     f"Model `{model}` is served by alpha providers only; set provider.include_alpha to use them.",
                     param="provider.include_alpha",
                     code="no_eligible_provider",
                 )
-        return [Route(provider, d.model or model, public) for d, provider in candidates]
+        return [Route(c.provider, c.deployment.model or model, public, c.breaker) for c in candidates]
 
-    def _apply(self, prefs: ProviderPreferences, candidates: list) -> list:
+    def _apply(self, prefs: ProviderPreferences, candidates: list[_Candidate]) -> list[_Candidate]:
         for field in ("order", "only", "ignore"):
             names = getattr(prefs, field) or []
             unknown = [n for n in names if n not in self._providers]
@@ -88,15 +109,27 @@ class Router:
                     code="unknown_provider",
                 )
         if prefs.only is not None:
-            candidates = [c for c in candidates if c[1].name in prefs.only]
+            candidates = [c for c in candidates if c.provider.name in prefs.only]
         if prefs.ignore:
-            candidates = [c for c in candidates if c[1].name not in prefs.ignore]
+            candidates = [c for c in candidates if c.provider.name not in prefs.ignore]
         if not prefs.include_alpha:
-            candidates = [c for c in candidates if not c[0].alpha]
+            candidates = [c for c in candidates if not c.deployment.alpha]
         if prefs.order:
             rank = {name: i for i, name in enumerate(prefs.order)}
-            # Stable: unnamed providers keep config order after the named ones.
-            candidates.sort(key=lambda c: rank.get(c[1].name, len(rank)))
+            # Stable: providers not named keep their strategy order, after the named ones.
+            candidates = sorted(candidates, key=lambda c: rank.get(c.provider.name, len(rank)))
         if not prefs.allow_fallbacks:
             candidates = candidates[:1]
         return candidates
+
+
+def _weighted_order(candidates: list[_Candidate]) -> list[_Candidate]:
+    """A random order in which heavier deployments tend to come first.
+
+    Efraimidis-Spirakis: sorting by u ** (1 / weight) draws the whole order
+    without replacement, so the first pick is proportional to weight and the
+    fallbacks follow the same law.
+    """
+    keyed = [(random.random() ** (1.0 / c.deployment.weight), c) for c in candidates]
+    keyed.sort(key=lambda kc: kc[0], reverse=True)
+    return [c for _, c in keyed]

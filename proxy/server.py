@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -20,7 +21,9 @@ from prometheus_client import CollectorRegistry
 from adapters import REGISTRY as ADAPTERS
 from metrics import Metrics
 from proxy import handlers
-from proxy.app_keys import CONFIG, METRICS, REGISTRY, RELAY_SETTINGS, REQUEST_ID, ROUTER, STATE, GatewayState
+from proxy.app_keys import BREAKERS, CONFIG, METRICS, REGISTRY, RELAY_SETTINGS, REQUEST_ID, ROUTER, STATE
+from proxy.breaker import Breaker
+from proxy.state import GatewayState
 from proxy.config import WILDCARD, Config
 from proxy.demo.engine import DemoEngine
 from proxy.errors import GatewayError, InvalidRequest, render_error
@@ -29,7 +32,7 @@ from proxy.relay import RelaySettings
 from proxy.routing import Provider, Router
 from proxy.transport import DemoTransport, HttpTransport, SchemeTransport
 
-__all__ = ["create_app", "run"]
+__all__ = ["create_app", "run", "serve"]
 
 log = logging.getLogger("pixelgate")
 
@@ -84,14 +87,14 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
         trust_env=False,
     )
     transport = SchemeTransport(HttpTransport(session), DemoTransport(DemoEngine()))
-    providers = {}
+    providers: dict[str, Provider] = {}
     for name, p in config.providers.items():
         adapter_cls = ADAPTERS[p.adapter]
         # Already checked when the config was loaded.
         options = msgspec.convert(p.options, adapter_cls.Options)
         adapter = adapter_cls(name=name, base_url=p.base_url, api_key=p.api_key, headers=p.headers, options=options)
         providers[name] = Provider(name, adapter, transport, p.timeouts)
-    app[ROUTER] = Router(config, providers)
+    app[ROUTER] = Router(config, providers, app[BREAKERS])
     app[STATE].ready = True
     try:
         yield
@@ -100,9 +103,30 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
         await session.close()
 
 
-async def _not_ready(app: web.Application) -> None:
-    # On SIGTERM: load balancers stop sending before in-flight work drains.
-    app[STATE].ready = False
+async def _drain(app: web.Application) -> None:
+    """Shutdown, once the listener is closed: let in-flight work finish, then end it.
+
+    Requests still running after ``server.shutdown_timeout`` are cancelled
+    with ``state.closing`` set, which makes the relay end a stream with an
+    error event (not a silent cut) and answer others with a 503.
+    """
+    state = app[STATE]
+    state.ready = False
+    grace = app[CONFIG].server.shutdown_timeout
+    if state.inflight:
+        log.info("draining %d in-flight request(s), up to %g s", len(state.inflight), grace)
+        try:
+            async with asyncio.timeout(grace):
+                await state.idle.wait()
+        except TimeoutError:
+            pass
+    if state.inflight:
+        log.warning("grace period over: ending %d request(s)", len(state.inflight))
+        state.closing = True
+        tasks = list(state.inflight)
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks, timeout=5)
 
 
 def create_app(config: Config, registry: CollectorRegistry | None = None) -> web.Application:
@@ -111,35 +135,71 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
     app[CONFIG] = config
     app[REGISTRY] = registry
     app[METRICS] = Metrics(registry, models=[m for m in config.models if m != WILDCARD], providers=config.providers)
-    app[RELAY_SETTINGS] = RelaySettings(
-        max_event_bytes=config.server.max_event_bytes, keepalive_interval=config.server.keepalive_interval
-    )
     app[STATE] = GatewayState()
+    app[RELAY_SETTINGS] = RelaySettings(
+        max_event_bytes=config.server.max_event_bytes,
+        keepalive_interval=config.server.keepalive_interval,
+        write_timeout=config.server.write_timeout,
+        state=app[STATE],
+    )
+    app[BREAKERS] = {
+        (model, i): Breaker(config.routing.breaker)
+        for model, entry in config.models.items()
+        for i in range(len(entry.deployments))
+    }
     app.cleanup_ctx.append(_upstreams)
-    app.on_shutdown.append(_not_ready)
+    app.on_shutdown.append(_drain)
     app.router.add_post("/v1/images/generations", handlers.generations)
     app.router.add_get("/v1/models", handlers.models)
+    app.router.add_get("/v1/providers", handlers.providers)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics)
     return app
 
 
-def run(config: Config) -> None:
-    """Serve until SIGINT/SIGTERM, on uvloop when it is installed."""
+async def serve(config: Config, started: asyncio.Event | None = None) -> None:
+    """Serve until SIGINT/SIGTERM, then shut down gracefully.
+
+    On the signal ``/readyz`` fails at once; the gateway keeps accepting for
+    ``server.drain_delay`` (so load balancers stop sending first), then closes
+    the listener, drains in-flight requests (see ``_drain``) and exits.
+    """
     server = config.server
     app = create_app(config)
-    loop = new_event_loop()
-    asyncio.set_event_loop(loop)
-    web.run_app(
+    runner = web.AppRunner(
         app,
-        host=server.host,
-        port=server.port,
-        loop=loop,
+        handle_signals=False,
         access_log=None,
         # A client that goes away cancels its handler at once, which closes
         # the upstream request instead of waiting for the next write to fail.
         handler_cancellation=True,
-        shutdown_timeout=server.shutdown_timeout,
-        print=lambda msg: log.info("%s", msg),
+        # _drain enforces the grace period; this only bounds the last flush.
+        shutdown_timeout=server.shutdown_timeout + 10,
     )
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        site = web.TCPSite(runner, server.host, server.port)
+        await site.start()
+        log.info("Pixelgate listening on http://%s:%d/v1", server.host, server.port)
+        if started is not None:
+            started.set()
+        await stop.wait()
+        log.info("shutting down")
+        app[STATE].ready = False
+        if server.drain_delay:
+            await asyncio.sleep(server.drain_delay)
+    finally:
+        await runner.cleanup()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def run(config: Config) -> None:
+    """``serve`` on uvloop when it is installed."""
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        runner.run(serve(config))

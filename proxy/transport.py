@@ -63,7 +63,14 @@ class _HttpResponse:
 
     async def read(self) -> bytes:
         try:
-            return await self._content.readany()
+            # readchunk(), not readany(): readany joins every piece buffered
+            # so far into one new bytes object (a copy of up to 2 x
+            # read_bufsize); readchunk hands over the pieces as they came.
+            # (b"", True) only marks an HTTP chunk boundary; (b"", False) is EOF.
+            while True:
+                data, boundary = await self._content.readchunk()
+                if data or not boundary:
+                    return data
         except aiohttp.ClientPayloadError as exc:
             raise UpstreamProtocolError(f"provider {self._provider!r} sent a malformed or truncated body: {exc}") from None
         except aiohttp.ClientError as exc:

@@ -28,7 +28,8 @@ def test_issue_example_loads(tmp_path: Path) -> None:
     assert config.server.port == 8080
     assert config.providers["openai"].api_key == "sk-test"
     assert config.providers["local"].adapter == "demo"
-    assert [d.provider for d in config.models["demo-image"]] == ["local"]
+    assert [d.provider for d in config.models["demo-image"].deployments] == ["local"]
+    assert config.models["demo-image"].strategy == "priority"
     # Defaults suited to slow generations, not aiohttp's 300 s total.
     t = config.providers["openai"].timeouts
     assert (t.connect, t.first_byte, t.idle, t.total) == (10.0, 600.0, 300.0, 1800.0)
