@@ -128,10 +128,18 @@ class OpenAITranslator:
         return UpstreamRequest("POST", self._url, self._headers, rewrite_body(self._body, self._model))
 
     def response(self, status: int, headers: Mapping[str, str]) -> ResponseHead:
-        content_type = headers.get("Content-Type", "application/json")
+        content_type = headers.get("Content-Type", "")
         forwarded = forward_headers(headers)
         if content_type.startswith("text/event-stream"):
             return ResponseHead(stream=True, content_type="text/event-stream", headers=forwarded)
+        media = content_type.partition(";")[0].strip().lower()
+        if media != "application/json" and not media.endswith("+json"):
+            # An HTML error page from a proxy in front of the provider, say:
+            # not an answer to relay as a success.
+            raise UpstreamProtocolError(
+                f"provider {self._provider!r} answered HTTP {status} with Content-Type {media or 'none'!r}, "
+                "not JSON or an event stream"
+            )
         if self._request.streaming:
             self._buffer = bytearray()
             return ResponseHead(stream=True, content_type="text/event-stream", headers=forwarded, passthrough=False)

@@ -20,6 +20,8 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+import msgspec
+
 from aiohttp import web
 
 from adapters.base import ResponseHead, Translator, UpstreamRequest
@@ -199,22 +201,54 @@ async def _read(upstream: UpstreamResponse, timeout: float) -> bytes | None:
         return None
 
 
+# A JSON body this small, whole in its first chunk, is checked before relaying.
+_CHECK_WHOLE = 64 * 1024
+_json_check = msgspec.json.Decoder()
+
+
+def _check_json_start(provider: str, data: bytes, whole: bool) -> None:
+    """Catch a malformed 200 body while a failover is still possible.
+
+    Only the first chunk is looked at (nothing has reached the client yet):
+    it must open a JSON object, and a small body that came whole is parsed.
+    A large body is relayed as it streams; it is never parsed whole.
+    """
+    if not data.lstrip().startswith(b"{"):
+        raise UpstreamProtocolError(f"provider {provider!r} answered HTTP 200 with a body that is not a JSON object")
+    if whole and len(data) <= _CHECK_WHOLE:
+        try:
+            _json_check.decode(data)
+        except msgspec.DecodeError:
+            raise UpstreamProtocolError(f"provider {provider!r} answered HTTP 200 with malformed JSON") from None
+
+
 async def _pump_body(upstream: UpstreamResponse, ex: Exchange, client: _Client) -> None:
     meter = BodyMeter()
     idle = ex.timeouts.idle
+    # The first piece waits for one more read: if that read is the end, the
+    # body came whole and is checked before anything reaches the client.
+    held: bytes | None = None
     while True:
         chunk = await _read(upstream, idle)
         if chunk is None:
             raise UpstreamTimeout(f"provider {ex.provider!r} sent nothing for {idle:g} s (idle timeout)")
         out = ex.translator.feed(chunk) if chunk else ex.translator.finish()
         data = chunk if out is None else out
+        if not client.response.prepared:
+            if held is None and chunk:
+                held = data
+                continue
+            first = held if held is not None else data
+            _check_json_start(ex.provider, first, whole=not chunk)
+            meter.feed(first)
+            await client.write(first)
+            if held is None:
+                data = b""
         if data:
             meter.feed(data)
             await client.write(data)
         if not chunk:
             break
-    if not client.response.prepared:
-        await client.write(b"")
     await client.response.write_eof()
     client.outcome.images = meter.images
     client.outcome.usage = meter.usage() or ex.translator.usage()

@@ -110,6 +110,8 @@ class EventFramer:
                     self._cr = True
             i = end
             if blank:
+                if self._size + end - start > self._max:
+                    raise EventTooLarge(f"an upstream event exceeded {self._max} bytes")
                 self._spans.append((chunk, start, end))
                 spans, self._spans, self._size = self._spans, [], 0
                 start = end

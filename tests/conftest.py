@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestServer
 from proxy.config import parse_config
 from proxy.demo.server import create_demo_app
 from proxy.server import create_app
+from tests.procs import free_port
 
 GatewayFactory = Callable[..., Awaitable[TestServer]]
 
@@ -72,3 +73,34 @@ async def async_client(demo_gateway: TestServer) -> openai.AsyncOpenAI:
     client = openai.AsyncOpenAI(base_url=v1(demo_gateway), api_key="sk-client-unused", max_retries=0)
     yield client
     await client.close()
+
+
+@pytest.fixture
+def scripted(aiohttp_server):
+    """``await scripted({"a": [action, ...], ...}, routing=..., server=..., models=...)``:
+    scripted upstreams named a, b, ... and a gateway whose model "m" routes to
+    them in that order. Returns (gateway, {name: ScriptedUpstream})."""
+    from tests.faults import ScriptedUpstream
+
+    async def make(scripts: dict[str, list], *, routing: dict | None = None, server: dict | None = None,
+                   timeouts: dict | None = None, model: dict | list | None = None, dead: tuple[str, ...] = ()):
+        upstreams, providers = {}, {}
+        for name, script in scripts.items():
+            upstream = ScriptedUpstream(name, script)
+            upstreams[name] = upstream
+            srv = await aiohttp_server(upstream.app())
+            providers[name] = {"adapter": "openai", "base_url": v1(srv), "timeouts": timeouts or {}}
+        for name in dead:
+            # Nothing listens there: connection refused.
+            port = free_port()
+            providers[name] = {"adapter": "openai", "base_url": f"http://127.0.0.1:{port}/v1", "timeouts": timeouts or {}}
+        config = {
+            "providers": providers,
+            "models": {"m": model if model is not None else [{"provider": n} for n in providers]},
+            "routing": {"backoff_base": 0.01, "backoff_max": 0.05, **(routing or {})},
+            "server": server or {},
+        }
+        gw = await aiohttp_server(create_app(parse_config(config, env={})))
+        return gw, upstreams
+
+    return make
