@@ -1,24 +1,32 @@
 """Every Prometheus metric the gateway exports, defined in one place.
 
 Metrics are built against a registry the application injects, so each app (and
-each test) owns its own. Labels are bounded: ``provider`` and ``model`` take
-configured names only (anything else folds into ``other``), ``status`` is an
-HTTP status, ``error_type`` comes from ``ERROR_TYPES``. Never a prompt, a user,
-a key or a request id.
+each test) owns its own; with several workers, prometheus-client's multiprocess
+mode sums them (``metrics.multiprocess``). Labels are bounded: ``provider`` and
+``model`` take configured names only (anything else folds into ``other``),
+``status`` is an HTTP status, ``error_type`` comes from ``ERROR_TYPES``, the
+rest from fixed sets. Never a prompt, a user, a key or a request id.
+
+Observations happen after the bytes have moved (``observe_request`` at the
+end of a request, ``observe_attempt`` after each attempt): never on the relay's
+hot path.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from adapters.openai_wire import Usage
+
 if TYPE_CHECKING:
+    from proxy.config import Price
     from proxy.dispatch import Attempt
 
-__all__ = ["ERROR_TYPES", "OTHER", "Metrics"]
+__all__ = ["ERROR_TYPES", "OTHER", "Metrics", "RequestRecord", "cost_usd", "token_counts"]
 
 OTHER = "other"
 
@@ -43,71 +51,165 @@ ERROR_TYPES = frozenset(
 # Circuit breaker states as gauge values.
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 
-# 10 ms to 10 min: a cached or tiny image to a high-quality generation with partials.
+# 10 ms to 10 min: a tiny image to a high-quality generation with partials.
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600)
+# 10 us to 100 ms: the gateway's own time should be well under a millisecond.
+OVERHEAD_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1)
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """One generation request, as the access log and the metrics see it."""
+
+    request_id: str
+    endpoint: str
+    stream: bool
+    status: int = 500
+    provider: str | None = None
+    model: str | None = None
+    upstream_model: str | None = None
+    error_type: str | None = None
+    attempts: int = 0
+    duration_s: float = 0.0
+    upstream_headers_s: float | None = None
+    first_partial_s: float | None = None
+    completed_s: float | None = None
+    overhead_request_s: float | None = None
+    overhead_response_s: float | None = None
+    usage: Usage | None = None
+    images: int = 0
+    partials: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    keepalives: int = 0
+    cost_usd: float | None = None
+
+
+def token_counts(usage: Usage) -> dict[tuple[str, str], int]:
+    """Tokens by (direction, modality). Without details, input is text and
+    output is image: what image models bill for."""
+    inp, out = usage.input_tokens_details, usage.output_tokens_details
+    in_text, in_image = (inp.text_tokens, inp.image_tokens) if inp else (usage.input_tokens, 0)
+    out_text, out_image = (out.text_tokens, out.image_tokens) if out else (0, usage.output_tokens)
+    return {("input", "text"): in_text, ("input", "image"): in_image, ("output", "text"): out_text, ("output", "image"): out_image}
+
+
+def cost_usd(price: Price | None, usage: Usage | None, images: int) -> float | None:
+    """USD for one request, or None when the model has no price (never a guess)."""
+    if price is None:
+        return None
+    cost = images * price.per_image
+    if usage is not None:
+        tokens = token_counts(usage)
+        cost += (
+            tokens["input", "text"] * price.input_text
+            + tokens["input", "image"] * price.input_image
+            + tokens["output", "text"] * price.output_text
+            + tokens["output", "image"] * price.output_image
+        ) / 1_000_000
+    return cost
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry, models: Iterable[str], providers: Iterable[str]) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        models: Iterable[str],
+        providers: Iterable[str],
+        prices: Mapping[str, Price] | None = None,
+    ) -> None:
         self._models = frozenset(models)
         self._providers = frozenset(providers)
-        self.requests = Counter(
-            "pixelgate_requests",
-            "Requests answered, by provider, public model, endpoint, stream mode and HTTP status.",
-            ["provider", "model", "endpoint", "stream", "status"],
-            registry=registry,
-        )
-        self.duration = Histogram(
-            "pixelgate_request_duration_seconds",
-            "Time from request received to last byte sent.",
-            ["provider", "model", "endpoint", "stream"],
-            buckets=DURATION_BUCKETS,
-            registry=registry,
-        )
-        self.images = Counter(
-            "pixelgate_images",
-            "Images returned to clients; kind is final or partial.",
-            ["provider", "model", "kind"],
-            registry=registry,
-        )
-        self.errors = Counter(
-            "pixelgate_errors",
-            "Requests that failed, by where the failure came from.",
-            ["provider", "model", "error_type"],
-            registry=registry,
-        )
+        self._prices = dict(prices or {})
+        pm = ["provider", "model"]
 
-        self.attempts = Counter(
-            "pixelgate_upstream_attempts",
-            "Upstream attempts by result: ok, or the error type that ended the attempt.",
-            ["provider", "model", "result"],
-            registry=registry,
+        def counter(name: str, doc: str, labels: list[str]) -> Counter:
+            return Counter(name, doc, labels, registry=registry)
+
+        def histogram(name: str, doc: str, labels: list[str], buckets: tuple[float, ...] = DURATION_BUCKETS) -> Histogram:
+            return Histogram(name, doc, labels, buckets=buckets, registry=registry)
+
+        self.requests = counter(
+            "pixelgate_requests", "Requests answered, by provider, public model, endpoint, stream mode and HTTP status.",
+            ["provider", "model", "endpoint", "stream", "status"],
         )
-        self.retries = Counter(
-            "pixelgate_retries",
-            "Attempts that retried the same deployment after a failure.",
-            ["provider", "model"],
-            registry=registry,
+        self.duration = histogram(
+            "pixelgate_request_duration_seconds", "Time from request received to last byte sent.",
+            ["provider", "model", "endpoint", "stream"],
         )
-        self.fallbacks = Counter(
-            "pixelgate_fallbacks",
-            "Attempts that failed over to another deployment; provider is the one failed over to.",
-            ["provider", "model"],
-            registry=registry,
+        self.upstream_headers = histogram(
+            "pixelgate_upstream_headers_seconds", "Time from sending an attempt upstream to the upstream's response headers.", pm
+        )
+        self.first_partial = histogram(
+            "pixelgate_first_partial_seconds", "Time from request received to the first partial image sent to the client.", pm
+        )
+        self.completed = histogram(
+            "pixelgate_completed_seconds", "Time from request received to the first completed image sent to the client.", pm
+        )
+        self.overhead = histogram(
+            "pixelgate_gateway_overhead_seconds",
+            "Time the gateway itself adds: request = body read to upstream request sent (first attempt); "
+            "response = upstream bytes read to the same bytes written to the client (first chunk).",
+            ["direction"],
+            OVERHEAD_BUCKETS,
+        )
+        self.tokens = counter(
+            "pixelgate_tokens", "Tokens reported by upstreams, by direction (input, output) and modality (text, image).",
+            [*pm, "direction", "modality"],
+        )
+        self.images = counter("pixelgate_images", "Images returned to clients; kind is final or partial.", [*pm, "kind"])
+        self.bytes = counter(
+            "pixelgate_bytes", "Bytes relayed: request = sent upstream (all attempts), response = sent to the client.",
+            [*pm, "direction"],
+        )
+        self.cost = counter("pixelgate_cost_usd", "Cost in USD from the configured price table.", pm)
+        self.priced = Gauge(
+            "pixelgate_model_priced", "1 if the model has a price in the config, 0 if its cost is not counted.",
+            ["model"], registry=registry, multiprocess_mode="max",
+        )
+        self.inflight = Gauge(
+            "pixelgate_inflight_requests", "Upstream attempts in flight.", ["provider"],
+            registry=registry, multiprocess_mode="livesum",
+        )
+        self.errors = counter("pixelgate_errors", "Requests that failed, by where the failure came from.", [*pm, "error_type"])
+        self.keepalives = counter("pixelgate_keepalives", "Keep-alive comments sent while an upstream was silent.", ["provider"])
+        self.attempts = counter(
+            "pixelgate_upstream_attempts", "Upstream attempts by result: ok, or the error type that ended the attempt.",
+            [*pm, "result"],
+        )
+        self.retries = counter("pixelgate_retries", "Attempts that retried the same deployment after a failure.", pm)
+        self.fallbacks = counter(
+            "pixelgate_fallbacks", "Attempts that failed over to another deployment; provider is the one failed over to.", pm
         )
         self.breaker = Gauge(
-            "pixelgate_breaker_state",
-            "Circuit breaker state per deployment: 0 closed, 1 half-open, 2 open.",
-            ["provider", "model"],
-            registry=registry,
-            multiprocess_mode="max",
+            "pixelgate_breaker_state", "Circuit breaker state per deployment: 0 closed, 1 half-open, 2 open.", pm,
+            registry=registry, multiprocess_mode="max",
         )
+        for model in self._models:
+            self.priced.labels(model).set(1 if model in self._prices else 0)
 
-    def observe_attempt(self, attempt: Attempt, previous: Attempt | None) -> None:
+    def model_label(self, name: str | None) -> str:
+        return name if name in self._models else OTHER
+
+    def provider_label(self, name: str | None) -> str:
+        return name if name in self._providers else OTHER
+
+    def price(self, model: str | None) -> Price | None:
+        return self._prices.get(model) if model is not None else None
+
+    def attempt_started(self, provider: str) -> None:
+        self.inflight.labels(self.provider_label(provider)).inc()
+
+    def observe_attempt(self, attempt: Attempt, previous: Attempt | None, headers_after: float | None, bytes_sent: int) -> None:
         route = attempt.route
         p, m = self.provider_label(route.provider.name), self.model_label(route.public_model)
+        if attempt.kind != "circuit_open":
+            self.inflight.labels(p).dec()
+            self.bytes.labels(p, m, "request").inc(bytes_sent)
         kind = attempt.kind if attempt.kind == "ok" or attempt.kind in ERROR_TYPES else "internal"
         self.attempts.labels(p, m, kind).inc()
+        if headers_after is not None:
+            self.upstream_headers.labels(p, m).observe(headers_after)
         if previous is not None and previous.kind != "ok":
             if previous.route.breaker is route.breaker:
                 self.retries.labels(p, m).inc()
@@ -118,31 +220,31 @@ class Metrics:
     def breaker_state(self, provider: str, model: str, state: str) -> None:
         self.breaker.labels(self.provider_label(provider), self.model_label(model)).set(BREAKER_STATES[state])
 
-    def model_label(self, name: str | None) -> str:
-        return name if name in self._models else OTHER
-
-    def provider_label(self, name: str | None) -> str:
-        return name if name in self._providers else OTHER
-
-    def observe(
-        self,
-        *,
-        provider: str | None,
-        model: str | None,
-        endpoint: str,
-        stream: bool,
-        status: int,
-        seconds: float,
-        images: int,
-        partials: int,
-        error_type: str | None,
-    ) -> None:
-        p, m, s = self.provider_label(provider), self.model_label(model), "true" if stream else "false"
-        self.requests.labels(p, m, endpoint, s, str(status)).inc()
-        self.duration.labels(p, m, endpoint, s).observe(seconds)
-        if images:
-            self.images.labels(p, m, "final").inc(images)
-        if partials:
-            self.images.labels(p, m, "partial").inc(partials)
-        if error_type is not None:
-            self.errors.labels(p, m, error_type if error_type in ERROR_TYPES else "internal").inc()
+    def observe_request(self, r: RequestRecord) -> None:
+        p, m, s = self.provider_label(r.provider), self.model_label(r.model), "true" if r.stream else "false"
+        self.requests.labels(p, m, r.endpoint, s, str(r.status)).inc()
+        self.duration.labels(p, m, r.endpoint, s).observe(r.duration_s)
+        if r.first_partial_s is not None:
+            self.first_partial.labels(p, m).observe(r.first_partial_s)
+        if r.completed_s is not None:
+            self.completed.labels(p, m).observe(r.completed_s)
+        if r.overhead_request_s is not None:
+            self.overhead.labels("request").observe(r.overhead_request_s)
+        if r.overhead_response_s is not None:
+            self.overhead.labels("response").observe(r.overhead_response_s)
+        if r.images:
+            self.images.labels(p, m, "final").inc(r.images)
+        if r.partials:
+            self.images.labels(p, m, "partial").inc(r.partials)
+        if r.bytes_out:
+            self.bytes.labels(p, m, "response").inc(r.bytes_out)
+        if r.keepalives:
+            self.keepalives.labels(p).inc(r.keepalives)
+        if r.usage is not None:
+            for (direction, modality), n in token_counts(r.usage).items():
+                if n:
+                    self.tokens.labels(p, m, direction, modality).inc(n)
+        if r.cost_usd:
+            self.cost.labels(p, m).inc(r.cost_usd)
+        if r.error_type is not None:
+            self.errors.labels(p, m, r.error_type if r.error_type in ERROR_TYPES else "internal").inc()

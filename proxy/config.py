@@ -25,6 +25,7 @@ __all__ = [
     "ConfigError",
     "Deployment",
     "ModelConfig",
+    "Price",
     "ProviderConfig",
     "RoutingConfig",
     "ServerConfig",
@@ -49,6 +50,8 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
     # One SSE event is buffered whole before it is relayed; a 1536x1024 RGBA
     # PNG is ~8.4 MB of base64, so 32 MiB leaves room for larger outputs.
     max_event_bytes: Annotated[int, Meta(ge=64 * 1024)] = 32 * MiB
+    # Log prompts in the access log (off: prompts are users' data).
+    log_prompts: bool = False
     # Comment lines sent while an upstream stream is silent; 0 disables them.
     keepalive_interval: Annotated[float, Meta(ge=0)] = 15.0
     # On SIGTERM: keep serving this long with /readyz failing, so load
@@ -126,11 +129,27 @@ class RoutingConfig(msgspec.Struct, forbid_unknown_fields=True):
     breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
 
 
+USDPerMillion = Annotated[float, Meta(ge=0)]
+
+
+class Price(msgspec.Struct, forbid_unknown_fields=True):
+    """What a model costs: USD per million tokens by direction and modality,
+    and/or a flat USD price per image (for providers that bill per image)."""
+
+    input_text: USDPerMillion = 0.0
+    input_image: USDPerMillion = 0.0
+    output_text: USDPerMillion = 0.0
+    output_image: USDPerMillion = 0.0
+    per_image: Annotated[float, Meta(ge=0)] = 0.0
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     providers: dict[str, ProviderConfig]
     models: dict[str, ModelConfig]
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
+    # By public model name; a model with no price counts no cost.
+    prices: dict[str, Price] = {}
 
 
 class ConfigError(Exception):
@@ -190,6 +209,7 @@ class _Document(msgspec.Struct, forbid_unknown_fields=True):
     models: dict[str, Any]
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
+    prices: dict[str, Any] = {}
 
 
 # A model is a list of deployments (priority order) or a ModelConfig.
@@ -203,7 +223,8 @@ def _decode(data: Any) -> Config:
     for name, entry in doc.models.items():
         model = _convert(entry, _Model, f"models.{name}")
         models[name] = model if isinstance(model, ModelConfig) else ModelConfig(deployments=model)
-    return Config(providers=providers, models=models, server=doc.server, routing=doc.routing)
+    prices = {name: _convert(p, Price, f"prices.{name}") for name, p in doc.prices.items()}
+    return Config(providers=providers, models=models, server=doc.server, routing=doc.routing, prices=prices)
 
 
 def _check(config: Config) -> Config:
@@ -217,6 +238,9 @@ def _check(config: Config) -> Config:
             adapter.check(base_url=provider.base_url, api_key=provider.api_key, options=options)
         except ValueError as exc:
             raise ConfigError(f"providers.{name}.{exc}") from None
+    for name in config.prices:
+        if name not in config.models:
+            raise ConfigError(f"prices.{name}: no model of that name is configured")
     for name, model in config.models.items():
         for i, deployment in enumerate(model.deployments):
             if deployment.provider not in config.providers:

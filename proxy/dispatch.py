@@ -25,6 +25,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiohttp import web
 
@@ -41,7 +42,7 @@ from proxy.relay import Exchange, Outcome, RelaySettings, relay
 from proxy.breaker import Breaker
 from proxy.routing import Route
 
-__all__ = ["Attempt", "dispatch", "retry_after", "success_headers"]
+__all__ = ["Attempt", "Observer", "dispatch", "retry_after", "success_headers"]
 
 
 @dataclass(slots=True)
@@ -51,6 +52,14 @@ class Attempt:
     result: str
     # For metrics: "ok" or an error type from metrics.ERROR_TYPES.
     kind: str = "ok"
+
+
+class Observer(Protocol):
+    """Told when each attempt starts and how it ended (metrics, access log)."""
+
+    def started(self, route: Route) -> None: ...
+
+    def finished(self, attempt: Attempt, outcome: Outcome | None, bytes_sent: int) -> None: ...
 
 
 def _fails_over(err: GatewayError) -> bool:
@@ -116,12 +125,12 @@ async def dispatch(
     exchange: Callable[[Route, list[Attempt], float], Exchange],
     settings: RelaySettings,
     routing: RoutingConfig,
-    on_attempt: Callable[[Attempt, Outcome | None], None],
+    observer: Observer,
 ) -> tuple[web.StreamResponse, Route, Outcome]:
     """Try ``routes`` until one answers; raise the best error if none does.
 
     ``exchange(route, attempts_so_far, seconds_left)`` builds each attempt;
-    ``on_attempt`` observes each one (for metrics).
+    ``observer`` is told when each starts and how it ended.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + routing.deadline
@@ -131,7 +140,7 @@ async def dispatch(
         breaker = route.breaker
         if not breaker.allow():
             attempts.append(attempt := Attempt(route, "circuit_open", "circuit_open"))
-            on_attempt(attempt, None)
+            observer.finished(attempt, None, 0)
             continue
         for retry in range(routing.retries + 1):
             left = deadline - loop.time()
@@ -139,13 +148,14 @@ async def dispatch(
                 break
             outcome = Outcome()
             ex = exchange(route, attempts, left)
+            observer.started(route)
             try:
                 response = await relay(request, ex, settings, outcome)
             except GatewayError as err:
                 latency = outcome.headers_after or 0.0
                 breaker.record(ok=not _fails_over(err), latency=latency)
                 attempts.append(attempt := Attempt(route, _result(err), err.error_type))
-                on_attempt(attempt, outcome)
+                observer.finished(attempt, outcome, len(ex.upstream.body))
                 if not _fails_over(err):
                     raise _annotated(err, attempts) from None
                 errors.append(err)
@@ -157,12 +167,12 @@ async def dispatch(
             except asyncio.CancelledError:
                 breaker.release()  # the client left: no verdict on the provider
                 attempts.append(attempt := Attempt(route, "client_disconnect", "client_disconnect"))
-                on_attempt(attempt, outcome)
+                observer.finished(attempt, outcome, len(ex.upstream.body))
                 raise
             _record_success(breaker, outcome)
             kind = outcome.error_type or "ok"
             attempts.append(attempt := Attempt(route, "200" if kind == "ok" else kind, kind))
-            on_attempt(attempt, outcome)
+            observer.finished(attempt, outcome, len(ex.upstream.body))
             return response, route, outcome
     if not errors:
         waits = [r.breaker.retry_in() for r in routes]

@@ -8,6 +8,8 @@ import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from metrics import Metrics, RequestRecord, cost_usd
+from proxy.access_log import log_request
 from proxy.app_keys import BREAKERS, CONFIG, METRICS, REGISTRY, RELAY_SETTINGS, REQUEST_ID, ROUTER, STATE
 from proxy.dispatch import Attempt, dispatch, success_headers
 from proxy.errors import GatewayError, PayloadTooLarge
@@ -45,20 +47,53 @@ async def generations(request: web.Request) -> web.StreamResponse:
         state.leave(task)
 
 
+class _Observer:
+    """Follows one request's attempts into its metrics and its access-log record."""
+
+    __slots__ = ("_metrics", "last", "outcome", "record")
+
+    def __init__(self, metrics: Metrics, record: RequestRecord) -> None:
+        self._metrics = metrics
+        self.record = record
+        self.last: Attempt | None = None
+        self.outcome: Outcome | None = None
+
+    def started(self, route: Route) -> None:
+        self._metrics.attempt_started(route.provider.name)
+
+    def finished(self, attempt: Attempt, outcome: Outcome | None, bytes_sent: int) -> None:
+        headers_after = outcome.headers_after if outcome else None
+        self._metrics.observe_attempt(attempt, self.last, headers_after, bytes_sent)
+        r = self.record
+        r.attempts += 1
+        r.bytes_in += bytes_sent
+        r.provider, r.model = attempt.route.provider.name, attempt.route.public_model
+        r.upstream_model = attempt.route.upstream_model
+        if headers_after is not None:
+            r.upstream_headers_s = headers_after
+        self.last = attempt
+        if outcome is not None:
+            self.outcome = outcome
+
+
 async def _generations(request: web.Request) -> web.StreamResponse:
     app = request.app
     metrics = app[METRICS]
     loop = asyncio.get_running_loop()
     started = loop.time()
-    last: list[tuple[Attempt, Outcome | None]] = []
-    stream = False
-    status, error_type = 500, None
+    record = RequestRecord(request_id=request[REQUEST_ID], endpoint=_ENDPOINT, stream=False)
+    observer = _Observer(metrics, record)
+    prompt: str | None = None
+    body_read: float | None = None
     try:
         body = await _read_body(request)
+        body_read = loop.time()
         req = decode_request(body)
-        stream = req.streaming
+        record.stream = req.streaming
+        if app[CONFIG].server.log_prompts:
+            prompt = req.prompt
         routes = app[ROUTER].routes(req.model, req.provider)
-        rid = request[REQUEST_ID]
+        rid = record.request_id
 
         def exchange(route: Route, attempts: list[Attempt], seconds_left: float) -> Exchange:
             translator = route.provider.adapter.translator(req, body, route.upstream_model, rid)
@@ -82,37 +117,37 @@ async def _generations(request: web.Request) -> web.StreamResponse:
                 },
             )
 
-        def on_attempt(attempt: Attempt, outcome: Outcome | None) -> None:
-            previous = last[-1][0] if last else None
-            metrics.observe_attempt(attempt, previous)
-            last.append((attempt, outcome))
-
-        response, route, outcome = await dispatch(
-            request, routes, exchange, app[RELAY_SETTINGS], app[CONFIG].routing, on_attempt
+        response, _, outcome = await dispatch(
+            request, routes, exchange, app[RELAY_SETTINGS], app[CONFIG].routing, observer
         )
-        status, error_type = outcome.status, outcome.error_type
+        record.status, record.error_type = outcome.status, outcome.error_type
         return response
     except GatewayError as err:
-        status, error_type = err.status, err.error_type
-        if last:
-            err.headers.setdefault("x-pixelgate-provider", last[-1][0].route.provider.name)
+        record.status, record.error_type = err.status, err.error_type
+        if observer.last is not None:
+            err.headers.setdefault("x-pixelgate-provider", observer.last.route.provider.name)
         raise
     except asyncio.CancelledError:
-        status, error_type = 499, "client_disconnect"
+        record.status, record.error_type = 499, "client_disconnect"
         raise
     finally:
-        attempt, outcome = last[-1] if last else (None, None)
-        metrics.observe(
-            provider=attempt.route.provider.name if attempt else None,
-            model=attempt.route.public_model if attempt else None,
-            endpoint=_ENDPOINT,
-            stream=stream,
-            status=status,
-            seconds=loop.time() - started,
-            images=outcome.images if outcome else 0,
-            partials=outcome.partials if outcome else 0,
-            error_type=error_type,
-        )
+        _finish(record, observer.outcome, started, loop.time(), body_read, metrics)
+        log_request(record, prompt)
+
+
+def _finish(r: RequestRecord, outcome: Outcome | None, started: float, now: float, body_read: float | None, metrics: Metrics) -> None:
+    """Fill the record from the last attempt's outcome, then count it."""
+    r.duration_s = now - started
+    if outcome is not None:
+        if outcome.sent_at is not None and body_read is not None and r.attempts == 1:
+            r.overhead_request_s = outcome.sent_at - body_read
+        r.overhead_response_s = outcome.response_overhead
+        r.first_partial_s = outcome.first_partial_at - started if outcome.first_partial_at else None
+        r.completed_s = outcome.completed_at - started if outcome.completed_at and r.status == 200 else None
+        r.usage, r.images, r.partials = outcome.usage, outcome.images, outcome.partials
+        r.bytes_out, r.keepalives = outcome.bytes_out, outcome.keepalives
+    r.cost_usd = cost_usd(metrics.price(r.model), r.usage, r.images)
+    metrics.observe_request(r)
 
 
 async def models(request: web.Request) -> web.Response:

@@ -79,6 +79,14 @@ class Outcome:
     error_type: str | None = None
     # Seconds from the start of the attempt to the upstream's status line.
     headers_after: float | None = None
+    # Loop times: the upstream request handed to the transport; the first
+    # partial image and the first completed image written to the client.
+    sent_at: float | None = None
+    first_partial_at: float | None = None
+    completed_at: float | None = None
+    # Upstream bytes read to the same bytes written to the client (first chunk).
+    response_overhead: float | None = None
+    keepalives: int = 0
 
 
 class _Client:
@@ -131,11 +139,12 @@ async def relay(request: web.Request, ex: Exchange, settings: RelaySettings, out
     """
     client: _Client | None = None
     stream = False
-    started = asyncio.get_running_loop().time()
+    loop = asyncio.get_running_loop()
+    outcome.sent_at = started = loop.time()
     try:
         async with asyncio.timeout(ex.timeouts.total) as total:
             async with ex.transport.open(ex.upstream, ex.provider, ex.timeouts) as upstream:
-                outcome.headers_after = asyncio.get_running_loop().time() - started
+                outcome.headers_after = loop.time() - started
                 if not 200 <= upstream.status < 300:
                     body = await read_at_most(upstream, _ERROR_BODY_LIMIT)
                     raise ex.translator.error(upstream.status, upstream.headers, body)
@@ -223,6 +232,7 @@ def _check_json_start(provider: str, data: bytes, whole: bool) -> None:
 
 
 async def _pump_body(upstream: UpstreamResponse, ex: Exchange, client: _Client) -> None:
+    loop = asyncio.get_running_loop()
     meter = BodyMeter()
     idle = ex.timeouts.idle
     # The first piece waits for one more read: if that read is the end, the
@@ -239,9 +249,11 @@ async def _pump_body(upstream: UpstreamResponse, ex: Exchange, client: _Client) 
                 held = data
                 continue
             first = held if held is not None else data
+            read_at = loop.time()
             _check_json_start(ex.provider, first, whole=not chunk)
             meter.feed(first)
             await client.write(first)
+            client.outcome.response_overhead = loop.time() - read_at
             if held is None:
                 data = b""
         if data:
@@ -250,6 +262,7 @@ async def _pump_body(upstream: UpstreamResponse, ex: Exchange, client: _Client) 
         if not chunk:
             break
     await client.response.write_eof()
+    client.outcome.completed_at = loop.time()
     client.outcome.images = meter.images
     client.outcome.usage = meter.usage() or ex.translator.usage()
 
@@ -309,11 +322,18 @@ async def _pump_events(upstream: UpstreamResponse, ex: Exchange, settings: Relay
 
     def count(info: EventInfo, event_usage: Usage | None) -> None:
         nonlocal completed, usage
+        now = loop.time()
+        if outcome.response_overhead is None:
+            outcome.response_overhead = now - last_read
         if info.kind == "partial":
             outcome.partials += 1
+            if outcome.first_partial_at is None:
+                outcome.first_partial_at = now
         elif info.kind == "completed":
             completed += 1
             usage = add_usage(usage, event_usage)
+            if outcome.completed_at is None:
+                outcome.completed_at = now
 
     try:
         try:
@@ -329,6 +349,7 @@ async def _pump_events(upstream: UpstreamResponse, ex: Exchange, settings: Relay
                     if now - last_read >= idle:
                         raise UpstreamTimeout(f"provider {ex.provider!r} sent nothing for {idle:g} s (idle timeout)")
                     await client.write(KEEPALIVE)
+                    outcome.keepalives += 1
                     last_write = now
                     continue
                 last_read = now

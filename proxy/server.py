@@ -134,7 +134,9 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
     registry = registry if registry is not None else CollectorRegistry()
     app[CONFIG] = config
     app[REGISTRY] = registry
-    app[METRICS] = Metrics(registry, models=[m for m in config.models if m != WILDCARD], providers=config.providers)
+    app[METRICS] = Metrics(
+        registry, models=[m for m in config.models if m != WILDCARD], providers=config.providers, prices=config.prices
+    )
     app[STATE] = GatewayState()
     app[RELAY_SETTINGS] = RelaySettings(
         max_event_bytes=config.server.max_event_bytes,

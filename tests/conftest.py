@@ -83,13 +83,14 @@ def scripted(aiohttp_server):
     from tests.faults import ScriptedUpstream
 
     async def make(scripts: dict[str, list], *, routing: dict | None = None, server: dict | None = None,
-                   timeouts: dict | None = None, model: dict | list | None = None, dead: tuple[str, ...] = ()):
+                   timeouts: dict | None = None, model: dict | list | None = None, dead: tuple[str, ...] = (),
+                   extra: dict | None = None, provider: dict | None = None):
         upstreams, providers = {}, {}
         for name, script in scripts.items():
             upstream = ScriptedUpstream(name, script)
             upstreams[name] = upstream
             srv = await aiohttp_server(upstream.app())
-            providers[name] = {"adapter": "openai", "base_url": v1(srv), "timeouts": timeouts or {}}
+            providers[name] = {"adapter": "openai", "base_url": v1(srv), "timeouts": timeouts or {}, **(provider or {})}
         for name in dead:
             # Nothing listens there: connection refused.
             port = free_port()
@@ -100,6 +101,8 @@ def scripted(aiohttp_server):
             "routing": {"backoff_base": 0.01, "backoff_max": 0.05, **(routing or {})},
             "server": server or {},
         }
+        for key, value in (extra or {}).items():
+            config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
         gw = await aiohttp_server(create_app(parse_config(config, env={})))
         return gw, upstreams
 
