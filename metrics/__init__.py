@@ -18,7 +18,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 from adapters.openai_wire import Usage
 
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
     from proxy.config import Price
     from proxy.dispatch import Attempt
 
-__all__ = ["ERROR_TYPES", "OTHER", "Metrics", "RequestRecord", "cost_usd", "token_counts"]
+__all__ = ["ERROR_TYPES", "OTHER", "Metrics", "RequestRecord", "cost_usd", "exposition", "token_counts"]
 
 OTHER = "other"
 
@@ -55,6 +57,16 @@ BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600)
 # 10 us to 100 ms: the gateway's own time should be well under a millisecond.
 OVERHEAD_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1)
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The /metrics body: this process's registry, or with several workers
+    (``PROMETHEUS_MULTIPROC_DIR`` set, see proxy.workers) the sum of all."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        combined = CollectorRegistry()
+        multiprocess.MultiProcessCollector(combined)
+        return generate_latest(combined)
+    return generate_latest(registry)
 
 
 @dataclass(slots=True)

@@ -21,6 +21,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="YAML config file (default: $PIXELGATE_CONFIG, else zero-config)")
     serve.add_argument("--host", help="listen address (overrides server.host)")
     serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes sharing the port (default 1)")
+    # Set by the supervisor for its workers; not for direct use.
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     demo = sub.add_parser("demo-upstream", help="run the demo provider as a standalone OpenAI-compatible server")
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=9090)
@@ -62,9 +65,29 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"pixelgate: config error: {exc}", file=sys.stderr)
         return 2
+    log = logging.getLogger("pixelgate")
+    if args.workers > 1:
+        from proxy.workers import supervise
+
+        log.info("%s; %d workers", _describe(config, bool(args.config or os.environ.get("PIXELGATE_CONFIG"))), args.workers)
+        worker_args = _without_workers((argv if argv is not None else sys.argv[1:])[1:])
+        return supervise(worker_args, args.workers, config.server.shutdown_timeout)
     from proxy.server import run
 
-    log = logging.getLogger("pixelgate")
-    log.info("%s", _describe(config, bool(args.config or os.environ.get("PIXELGATE_CONFIG"))))
-    run(config)
+    if not args.reuse_port:
+        log.info("%s", _describe(config, bool(args.config or os.environ.get("PIXELGATE_CONFIG"))))
+    run(config, reuse_port=args.reuse_port)
     return 0
+
+
+def _without_workers(args: list[str]) -> list[str]:
+    """The serve arguments minus ``--workers N`` / ``--workers=N``."""
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--workers":
+            skip = True
+        elif not arg.startswith("--workers="):
+            out.append(arg)
+    return out

@@ -6,9 +6,9 @@ import asyncio
 
 import msgspec
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from metrics import Metrics, RequestRecord, cost_usd
+from metrics import Metrics, RequestRecord, cost_usd, exposition
 from proxy.access_log import log_request
 from proxy.app_keys import BREAKERS, CONFIG, METRICS, REGISTRY, RELAY_SETTINGS, REQUEST_ID, ROUTER, STATE
 from proxy.dispatch import Attempt, dispatch, success_headers
@@ -180,5 +180,5 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[REGISTRY])
+    body = exposition(request.app[REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -160,7 +161,7 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
     return app
 
 
-async def serve(config: Config, started: asyncio.Event | None = None) -> None:
+async def serve(config: Config, reuse_port: bool = False) -> None:
     """Serve until SIGINT/SIGTERM, then shut down gracefully.
 
     On the signal ``/readyz`` fails at once; the gateway keeps accepting for
@@ -185,11 +186,9 @@ async def serve(config: Config, started: asyncio.Event | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        site = web.TCPSite(runner, server.host, server.port)
+        site = web.TCPSite(runner, server.host, server.port, reuse_port=reuse_port or None)
         await site.start()
-        log.info("Pixelgate listening on http://%s:%d/v1", server.host, server.port)
-        if started is not None:
-            started.set()
+        log.info("Pixelgate listening on http://%s:%d/v1 (pid %d)", server.host, server.port, os.getpid())
         await stop.wait()
         log.info("shutting down")
         app[STATE].ready = False
@@ -201,7 +200,7 @@ async def serve(config: Config, started: asyncio.Event | None = None) -> None:
             loop.remove_signal_handler(sig)
 
 
-def run(config: Config) -> None:
+def run(config: Config, reuse_port: bool = False) -> None:
     """``serve`` on uvloop when it is installed."""
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        runner.run(serve(config))
+        runner.run(serve(config, reuse_port))
