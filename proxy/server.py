@@ -200,7 +200,23 @@ async def serve(config: Config, reuse_port: bool = False) -> None:
             loop.remove_signal_handler(sig)
 
 
+def _raise_fd_limit() -> None:
+    """Each open stream holds two sockets (client and upstream); a soft limit
+    of 1024 would cap the gateway near 500 streams. Raise it to the hard limit."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-files limit from %d: %s", soft, exc)
+
+
 def run(config: Config, reuse_port: bool = False) -> None:
     """``serve`` on uvloop when it is installed."""
+    _raise_fd_limit()
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         runner.run(serve(config, reuse_port))
