@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import single_provider_config, v1
-from tests.faults import PARTIAL
+from tests.faults import PARTIAL, raw
 from tests.procs import free_port, pixelgate
 
 
@@ -22,14 +22,7 @@ def _open_fds() -> int:
 
 
 async def test_1000_aborted_streams_leave_no_tasks_connections_or_fds(fake_upstream, gateway) -> None:
-    async def slow_stream(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        await resp.write(PARTIAL)
-        await asyncio.sleep(30)
-        return resp
-
-    up = await fake_upstream(slow_stream)
+    up = await fake_upstream(raw([PARTIAL], then="hang"))
     gw = await gateway(single_provider_config(v1(up)))
     url = gw.make_url("/v1/images/generations")
     body = {"model": "gpt-image-1.5", "prompt": "a fox", "stream": True}

@@ -378,24 +378,6 @@ async def test_first_byte_timeout_is_504(fake_upstream, gateway) -> None:
     assert time.monotonic() - started < 3
 
 
-async def test_idle_timeout_mid_stream_ends_with_error_event(fake_upstream, gateway) -> None:
-    partial = _event("image_generation.partial_image", b"AA", partial_image_index=0)
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        await resp.write(partial)
-        await asyncio.sleep(5)
-        return resp
-
-    gw = await gateway(single_provider_config(v1(await fake_upstream(handler)), provider={"timeouts": {"idle": 0.3}}))
-    async with aiohttp.ClientSession() as session:
-        async with session.post(gw.make_url("/v1/images/generations"), json=BODY | {"stream": True}) as resp:
-            events = await asyncio.wait_for(_read_events(resp), 4)
-    assert events[0] == partial
-    assert b'"code":"upstream_timeout"' in events[1] and b"idle" in events[1]
-
-
 async def test_body_cut_short_breaks_the_client_connection(fake_upstream, gateway) -> None:
     async def handler(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "application/json", "Content-Length": "1000000"})
