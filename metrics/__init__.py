@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import os
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client.metrics import MetricWrapperBase
 
 from adapters.openai_wire import Usage
 
@@ -133,6 +134,7 @@ class Metrics:
         self._models = frozenset(models)
         self._providers = frozenset(providers)
         self._prices = dict(prices or {})
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         pm = ["provider", "model"]
 
         def counter(name: str, doc: str, labels: list[str]) -> Counter:
@@ -200,6 +202,16 @@ class Metrics:
         for model in self._models:
             self.priced.labels(model).set(1 if model in self._prices else 0)
 
+    def _child(self, metric: MetricWrapperBase, *labels: str) -> Any:
+        """``metric.labels(*labels)``, cached: labels() validates and locks on
+        every call, and a request touches a dozen children. Bounded, like the
+        label values themselves."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def model_label(self, name: str | None) -> str:
         return name if name in self._models else OTHER
 
@@ -210,53 +222,53 @@ class Metrics:
         return self._prices.get(model) if model is not None else None
 
     def attempt_started(self, provider: str) -> None:
-        self.inflight.labels(self.provider_label(provider)).inc()
+        self._child(self.inflight, self.provider_label(provider)).inc()
 
     def observe_attempt(self, attempt: Attempt, previous: Attempt | None, headers_after: float | None, bytes_sent: int) -> None:
         route = attempt.route
         p, m = self.provider_label(route.provider.name), self.model_label(route.public_model)
         if attempt.kind != "circuit_open":
-            self.inflight.labels(p).dec()
-            self.bytes.labels(p, m, "request").inc(bytes_sent)
+            self._child(self.inflight, p).dec()
+            self._child(self.bytes, p, m, "request").inc(bytes_sent)
         kind = attempt.kind if attempt.kind == "ok" or attempt.kind in ERROR_TYPES else "internal"
-        self.attempts.labels(p, m, kind).inc()
+        self._child(self.attempts, p, m, kind).inc()
         if headers_after is not None:
-            self.upstream_headers.labels(p, m).observe(headers_after)
+            self._child(self.upstream_headers, p, m).observe(headers_after)
         if previous is not None and previous.kind != "ok":
             if previous.route.breaker is route.breaker:
-                self.retries.labels(p, m).inc()
+                self._child(self.retries, p, m).inc()
             else:
-                self.fallbacks.labels(p, m).inc()
+                self._child(self.fallbacks, p, m).inc()
         self.breaker_state(route.provider.name, route.public_model, route.breaker.state.value)
 
     def breaker_state(self, provider: str, model: str, state: str) -> None:
-        self.breaker.labels(self.provider_label(provider), self.model_label(model)).set(BREAKER_STATES[state])
+        self._child(self.breaker, self.provider_label(provider), self.model_label(model)).set(BREAKER_STATES[state])
 
     def observe_request(self, r: RequestRecord) -> None:
         p, m, s = self.provider_label(r.provider), self.model_label(r.model), "true" if r.stream else "false"
-        self.requests.labels(p, m, r.endpoint, s, str(r.status)).inc()
-        self.duration.labels(p, m, r.endpoint, s).observe(r.duration_s)
+        self._child(self.requests, p, m, r.endpoint, s, str(r.status)).inc()
+        self._child(self.duration, p, m, r.endpoint, s).observe(r.duration_s)
         if r.first_partial_s is not None:
-            self.first_partial.labels(p, m).observe(r.first_partial_s)
+            self._child(self.first_partial, p, m).observe(r.first_partial_s)
         if r.completed_s is not None:
-            self.completed.labels(p, m).observe(r.completed_s)
+            self._child(self.completed, p, m).observe(r.completed_s)
         if r.overhead_request_s is not None:
-            self.overhead.labels("request").observe(r.overhead_request_s)
+            self._child(self.overhead, "request").observe(r.overhead_request_s)
         if r.overhead_response_s is not None:
-            self.overhead.labels("response").observe(r.overhead_response_s)
+            self._child(self.overhead, "response").observe(r.overhead_response_s)
         if r.images:
-            self.images.labels(p, m, "final").inc(r.images)
+            self._child(self.images, p, m, "final").inc(r.images)
         if r.partials:
-            self.images.labels(p, m, "partial").inc(r.partials)
+            self._child(self.images, p, m, "partial").inc(r.partials)
         if r.bytes_out:
-            self.bytes.labels(p, m, "response").inc(r.bytes_out)
+            self._child(self.bytes, p, m, "response").inc(r.bytes_out)
         if r.keepalives:
-            self.keepalives.labels(p).inc(r.keepalives)
+            self._child(self.keepalives, p).inc(r.keepalives)
         if r.usage is not None:
             for (direction, modality), n in token_counts(r.usage).items():
                 if n:
-                    self.tokens.labels(p, m, direction, modality).inc(n)
+                    self._child(self.tokens, p, m, direction, modality).inc(n)
         if r.cost_usd:
-            self.cost.labels(p, m).inc(r.cost_usd)
+            self._child(self.cost, p, m).inc(r.cost_usd)
         if r.error_type is not None:
-            self.errors.labels(p, m, r.error_type if r.error_type in ERROR_TYPES else "internal").inc()
+            self._child(self.errors, p, m, r.error_type if r.error_type in ERROR_TYPES else "internal").inc()

@@ -22,6 +22,7 @@ from typing import Protocol
 
 import aiohttp
 from multidict import CIMultiDict
+from yarl import URL
 
 from adapters.base import UpstreamRequest
 from proxy.config import Timeouts
@@ -80,21 +81,63 @@ class _HttpResponse:
 class HttpTransport:
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self._session = session
+        # Parsed once per distinct URL (from config; bounded all the same,
+        # for adapters whose URLs vary per request) and per connect timeout.
+        self._urls: dict[str, URL] = {}
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
-    @asynccontextmanager
-    async def open(self, request: UpstreamRequest, provider: str, timeouts: Timeouts) -> AsyncIterator[UpstreamResponse]:
-        # aiohttp's own limits cover the connect phase only; waiting for the
-        # headers is bounded below, silences in the body by the relay, so a
-        # minutes-long generation is not cut off by the 300 s default.
-        client_timeout = aiohttp.ClientTimeout(total=None, connect=timeouts.connect, sock_connect=timeouts.connect)
+    def open(self, request: UpstreamRequest, provider: str, timeouts: Timeouts) -> _HttpExchange:
+        url = self._urls.get(request.url)
+        if url is None:
+            if len(self._urls) >= 256:
+                self._urls.clear()
+            url = self._urls[request.url] = URL(request.url)
+        client_timeout = self._timeouts.get(timeouts.connect)
+        if client_timeout is None:
+            # aiohttp's own limits cover the connect phase only; waiting for
+            # the headers is bounded by first_byte, silences in the body by the
+            # relay, so a minutes-long generation is not cut off at 300 s.
+            client_timeout = aiohttp.ClientTimeout(total=None, connect=timeouts.connect, sock_connect=timeouts.connect)
+            self._timeouts[timeouts.connect] = client_timeout
+        return _HttpExchange(self._session, request, url, client_timeout, provider, timeouts)
+
+
+class _HttpExchange:
+    """``async with``: the response once its headers are in; closed on exit.
+
+    A class rather than ``@asynccontextmanager``: it runs once per request,
+    and the generator machinery costs more than the few lines it saves.
+    """
+
+    __slots__ = ("_client_timeout", "_provider", "_request", "_response", "_session", "_timeouts", "_url")
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        request: UpstreamRequest,
+        url: URL,
+        client_timeout: aiohttp.ClientTimeout,
+        provider: str,
+        timeouts: Timeouts,
+    ) -> None:
+        self._session = session
+        self._request = request
+        self._url = url
+        self._client_timeout = client_timeout
+        self._provider = provider
+        self._timeouts = timeouts
+        self._response: aiohttp.ClientResponse | None = None
+
+    async def __aenter__(self) -> UpstreamResponse:
+        provider, timeouts = self._provider, self._timeouts
         try:
             async with asyncio.timeout(timeouts.first_byte):
-                resp = await self._session.request(
-                    request.method,
-                    request.url,
-                    headers=request.headers,
-                    data=request.body,
-                    timeout=client_timeout,
+                self._response = await self._session.request(
+                    self._request.method,
+                    self._url,
+                    headers=self._request.headers,
+                    data=self._request.body,
+                    timeout=self._client_timeout,
                     allow_redirects=False,
                 )
         except TimeoutError:
@@ -105,13 +148,16 @@ class HttpTransport:
             raise UpstreamTimeout(f"could not connect to provider {provider!r} within {timeouts.connect:g} s") from None
         except aiohttp.ClientError as exc:
             raise UpstreamUnreachable(f"could not reach provider {provider!r} ({type(exc).__name__})") from None
-        try:
-            yield _HttpResponse(resp, provider)
-        except BaseException:
-            resp.close()
-            raise
+        return _HttpResponse(self._response, provider)
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        assert self._response is not None
+        if exc_type is None:
+            self._response.release()
         else:
-            resp.release()
+            # Closing (not releasing) drops the connection: the upstream sees
+            # the client go away and stops generating.
+            self._response.close()
 
 
 class _DemoResponse:
