@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
-.PHONY: run test bench demo-upstream clean
+.PHONY: run test bench demo-upstream clean deb-packages
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,14 @@ $(VENV)/.test: pyproject.toml $(VENV)/.runtime
 run: $(VENV)/.runtime
 	$(BIN)/pixelgate serve --host $(HOST) --port $(PORT)
 
-test: $(VENV)/.test
+# Debian packages the tests use: a real Prometheus (and promtool).
+DEB_PACKAGES := prometheus
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+deb-packages:
+	@command -v promtool >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends $(DEB_PACKAGES); }
+
+test: $(VENV)/.test deb-packages
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.test
