@@ -23,7 +23,7 @@ import time
 import msgspec
 
 from bench.http1 import Connection, HttpError, Response, build_request
-from bench.procfs import cpu_seconds
+from bench.procfs import cpu_seconds, machine_cpu_seconds
 
 __all__ = ["LoadResult", "LoadSpec", "main"]
 
@@ -59,6 +59,8 @@ class LoadResult(msgspec.Struct):
     uvloop: bool = False
     # CPU seconds during the measured phase: the watched processes and this one.
     cpu_s: dict[str, float] = {}
+    # The whole machine's, over the same phase (see procfs.machine_cpu_seconds).
+    machine_cpu_s: dict[str, float] = {}
 
 
 class _Run:
@@ -156,15 +158,16 @@ async def measure(spec: LoadSpec) -> LoadResult:
             raise HttpError(f"sample request: {sample.events} SSE events, expected {spec.expect_events}")
         warm = _Run(spec, request, spec.warmup, None, record=False)
         conns = await _phase(warm, conns, expected_size)
-        cpu_before = _cpu(spec)
+        cpu_before, machine_before = _cpu(spec), machine_cpu_seconds()
         started = time.perf_counter()
         run = _Run(spec, request, spec.requests, started + spec.duration, record=True)
         async with asyncio.timeout(spec.hard_timeout):
             conns = await _phase(run, conns, expected_size)
         result = run.result
         result.elapsed_s = time.perf_counter() - started
-        cpu_after = _cpu(spec)
+        cpu_after, machine_after = _cpu(spec), machine_cpu_seconds()
         result.cpu_s = {k: round(cpu_after[k] - cpu_before[k], 3) for k in cpu_after}
+        result.machine_cpu_s = {k: round(machine_after[k] - machine_before[k], 3) for k in machine_after}
         result.errors += warm.result.errors
         result.first_error = result.first_error or warm.result.first_error
         result.sample_size = expected_size

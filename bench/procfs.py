@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["cpu_seconds", "reset_peak_rss", "rss_kib"]
+__all__ = ["cpu_seconds", "machine_cpu_seconds", "reset_peak_rss", "rss_kib"]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -33,6 +33,19 @@ def reset_peak_rss(pid: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def machine_cpu_seconds() -> dict[str, float]:
+    """CPU time of the whole machine so far, all cores: ``busy`` and ``irq``.
+
+    ``busy`` is user + nice + system + steal (steal: the hypervisor gave the
+    core to another guest); ``irq`` is hard + soft interrupt time, which on
+    loopback is mostly the bench's own packets. Subtracting the watched
+    processes from ``busy`` leaves what others took from the measurement.
+    """
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
+    return {"busy": (user + nice + system + steal) / _TICKS, "irq": (irq + softirq) / _TICKS}
 
 
 def cpu_seconds(pid: int) -> float:

@@ -1,13 +1,18 @@
 """``python -m bench.run`` (``make bench``): the gateway's overhead, measured.
 
-Starts the demo upstream and a gateway in front of it, then runs each
-scenario twice with the same load (``bench.loadgen`` in a process of its own):
-direct to the upstream, then through the gateway. Prints a table (and its
-Markdown form, for the README) and writes ``bench/results/latest.json``.
+Starts the demo upstream, a gateway in front of it, and a floor proxy (a bare
+aiohttp pass-through, ``bench.floor_proxy``) in front of it too, then runs
+each scenario three times with the same load (``bench.loadgen`` in a process
+of its own): direct to the upstream, through the gateway, through the floor.
+Targets are judged on gateway vs direct, as they are defined; the floor shows
+how much of a miss any aiohttp proxy would share on this machine (floor vs
+direct) and how much is the gateway's own (gateway vs floor). Prints a table
+(and its Markdown form, for the README: one table vs direct, one vs the
+floor) and writes ``bench/results/latest.json`` and ``latest.md``.
 
 Missing a target is a measurement, not a failure: the exit code is 0. It is
 1 if a scenario could not be measured (non-200 answers, bodies that differ
-between direct and gateway, a server that died), 130 on Ctrl-C. Every child
+between direct and gateway or floor, a server that died), 130 on Ctrl-C. Every child
 process is stopped on the way out, whatever the way out.
 
 Options: ``--only NAME[,NAME]`` runs a subset; ``--scale X`` multiplies every
@@ -33,8 +38,8 @@ import msgspec
 
 from bench.loadgen import LoadResult, LoadSpec
 from bench.procfs import reset_peak_rss, rss_kib
-from bench.report import Row, markdown_table, text_table, write_json
-from bench.scenarios import SCENARIOS, Scenario
+from bench.report import LEGEND, VS_DIRECT, VS_FLOOR, Row, markdown_table, text_table, write_json
+from bench.scenarios import SCENARIOS, Measured, Scenario
 from bench.servers import HOST, ROOT, BenchError, Servers, child_preexec, running_servers
 from bench.stats import RssInfo, Summary, summarize
 
@@ -136,24 +141,39 @@ def _check(side: str, summary: Summary) -> None:
         raise BenchError(f"{side}: {summary.errors} failed of {summary.requests} requests; first: {summary.first_error}")
 
 
-def measure(sc: Scenario, servers: Servers, scale: float) -> tuple[Summary, Summary, RssInfo]:
-    """Direct, then through the gateway; the gateway's RSS peak covers its run."""
-    up, gw = servers.upstream.pid, servers.gateway.pid
-    direct = _load(_spec(sc, servers.upstream_port, {"upstream": up}, scale))
-    _check("direct", direct)
+def _through(sc: Scenario, servers: Servers, scale: float, name: str, pid: int, port: int) -> tuple[Summary, RssInfo]:
+    """One run through a proxy; its RSS peak is reset first, so it covers this run only."""
+    baseline = rss_kib(pid)["VmRSS"]
+    reset = reset_peak_rss(pid)
+    summary = _load(_spec(sc, port, {name: pid, "upstream": servers.upstream.pid}, scale))
     servers.check_alive()
-    baseline = rss_kib(gw)["VmRSS"]
-    reset = reset_peak_rss(gw)
-    gateway = _load(_spec(sc, servers.gateway_port, {"gateway": gw, "upstream": up}, scale))
-    servers.check_alive()
-    peak = rss_kib(gw)["VmHWM"]
-    _check("gateway", gateway)
-    if (direct.sample_size, direct.sample_sha256) != (gateway.sample_size, gateway.sample_sha256):
+    peak = rss_kib(pid)["VmHWM"]
+    _check(name, summary)
+    return summary, RssInfo(baseline_kib=baseline, peak_kib=peak, peak_reset=reset)
+
+
+def _same_answer(direct: Summary, name: str, other: Summary) -> None:
+    if (direct.sample_size, direct.sample_sha256) != (other.sample_size, other.sample_sha256):
         raise BenchError(
             f"answers differ: direct {direct.sample_size} B sha256 {direct.sample_sha256[:16]}…, "
-            f"gateway {gateway.sample_size} B sha256 {gateway.sample_sha256[:16]}…"
+            f"{name} {other.sample_size} B sha256 {other.sample_sha256[:16]}…"
         )
-    return direct, gateway, RssInfo(baseline_kib=baseline, peak_kib=peak, peak_reset=reset)
+
+
+def measure(sc: Scenario, servers: Servers, scale: float) -> Measured:
+    """Direct, through the gateway, then through the floor, one after the other.
+
+    Sequential, never concurrent: on 2 cores the three runs would compete for
+    CPU. The idle proxy's event loop sleeps, so it takes nothing from the run.
+    """
+    direct = _load(_spec(sc, servers.upstream_port, {"upstream": servers.upstream.pid}, scale))
+    _check("direct", direct)
+    servers.check_alive()
+    gateway, gateway_rss = _through(sc, servers, scale, "gateway", servers.gateway.pid, servers.gateway_port)
+    _same_answer(direct, "gateway", gateway)
+    floor, floor_rss = _through(sc, servers, scale, "floor", servers.floor.pid, servers.floor_port)
+    _same_answer(direct, "floor", floor)
+    return Measured(direct, gateway, floor, gateway_rss, floor_rss)
 
 
 def run_scenario(sc: Scenario, servers: Servers, scale: float) -> dict[str, Any]:
@@ -161,34 +181,100 @@ def run_scenario(sc: Scenario, servers: Servers, scale: float) -> dict[str, Any]
     out: dict[str, Any] = {"name": sc.name, "description": sc.description, "params": sc.params()}
     try:
         servers.check_alive()
-        direct, gateway, rss = measure(sc, servers, scale)
+        m = measure(sc, servers, scale)
     except BenchError as exc:
         out |= {"error": str(exc), "rows": [Row(sc.name, "", "", None, None, error=str(exc))]}
     else:
         out |= {
             "error": None,
-            "direct": dataclasses.asdict(direct),
-            "gateway": dataclasses.asdict(gateway),
-            "gateway_rss": dataclasses.asdict(rss),
-            "rows": sc.rows(sc, direct, gateway, rss),
+            "direct": dataclasses.asdict(m.direct),
+            "gateway": dataclasses.asdict(m.gateway),
+            "floor": dataclasses.asdict(m.floor),
+            "gateway_rss": dataclasses.asdict(m.gateway_rss),
+            "floor_rss": dataclasses.asdict(m.floor_rss),
+            "rows": sc.rows(sc, m),
         }
     out["seconds"] = round(time.monotonic() - started, 1)
     return out
 
 
+# Above this share of the cores taken by other processes during a run, its
+# numbers are flagged: on 2 cores, 10 % elsewhere is 20 % of one core gone.
+_CONTENTION_PCT = 10.0
+# ... and only if that is at least this many CPU seconds (10 ticks): see _contended.
+_MIN_OTHER_S = 0.1
+_SIDES = ("direct", "gateway", "floor")
+
+
 def _cpu_table(results: list[dict[str, Any]]) -> str:
-    """CPU microseconds per request of each process, to see where the time goes."""
-    lines = ["CPU per request (us): direct = upstream + loadgen; via gateway = gateway + upstream + loadgen"]
+    """CPU microseconds per request of each process, to see where the time goes.
+
+    ``other`` is the share of all cores that anything else used meanwhile
+    (another program, kernel threads, the hypervisor), ``irq`` the share in
+    interrupts (mostly the loopback traffic itself).
+    """
+    lines = [
+        "CPU per request (us) of each process; other/irq: share of all cores used meanwhile by other processes / interrupts",
+        f"  {'scenario':<14} {'side':<8} {'proxy':>8} {'upstream':>8} {'loadgen':>8} {'other':>6} {'irq':>6}",
+    ]
     for res in results:
         if res["error"]:
             continue
-        d, g = res["direct"]["cpu_us_per_request"], res["gateway"]["cpu_us_per_request"]
-        lines.append(
-            f"  {res['name']:<14} direct: upstream {d.get('upstream', 0):8.0f}  loadgen {d.get('loadgen', 0):7.0f}"
-            f"   | gateway: gateway {g.get('gateway', 0):8.0f}  upstream {g.get('upstream', 0):8.0f}"
-            f"  loadgen {g.get('loadgen', 0):7.0f}"
-        )
+        for i, side in enumerate(_SIDES):
+            cpu, other, irq = (res[side][k] for k in ("cpu_us_per_request", "other_cpu_pct", "irq_cpu_pct"))
+            proxy = f"{cpu.get(side, 0):8.0f}" if side != "direct" else f"{'-':>8}"
+            lines.append(
+                f"  {res['name'] if i == 0 else '':<14} {side:<8} {proxy} {cpu.get('upstream', 0):8.0f}"
+                f" {cpu.get('loadgen', 0):8.0f} {_pct(other):>6} {_pct(irq):>6}"
+            )
     return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    return "?" if value is None else f"{value:.0f}%"
+
+
+def _contended(side: dict[str, Any]) -> bool:
+    """Others took over ``_CONTENTION_PCT`` of the cores, and enough CPU time to be sure of it.
+
+    CPU times come in 10 ms ticks, read for up to five processes: on a phase
+    of a fraction of a second the share alone could be rounding.
+    """
+    pct = side["other_cpu_pct"]
+    if pct is None or pct <= _CONTENTION_PCT:
+        return False
+    seconds = pct / 100 * side["elapsed_s"] * (os.cpu_count() or 1)
+    return seconds >= _MIN_OTHER_S
+
+
+def _contention(results: list[dict[str, Any]]) -> str | None:
+    """A warning naming the runs taken while other processes used the CPUs, or None."""
+    hit = [
+        f"{res['name']}/{side} {res[side]['other_cpu_pct']:.0f}%"
+        for res in results
+        if not res["error"]
+        for side in _SIDES
+        if _contended(res[side])
+    ]
+    if not hit:
+        return None
+    return (
+        f"Warning: other processes used more than {_CONTENTION_PCT:g}% of the cores during "
+        f"{', '.join(hit)}; those numbers were taken under contention."
+    )
+
+
+def _markdown(info: dict[str, Any], elapsed: float, rows: list[Row], warning: str | None) -> str:
+    """Two tables, so each stays readable: the targets vs direct, then the floor."""
+    return (
+        f"_{header(info)}; bench took {elapsed} s._\n\n"
+        + (f"**{warning}**\n\n" if warning else "")
+        + f"{markdown_table(rows, VS_DIRECT)}\n\n"
+        "Against the floor: a bare aiohttp pass-through proxy (`bench/floor_proxy.py`) in front of the same "
+        "upstream, measured in the same run. Ratios (x) for throughput, differences for latency; "
+        "the RSS rows compare the two proxies.\n\n"
+        f"{markdown_table(rows, VS_FLOOR)}\n"
+    )
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -224,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with running_servers(RESULTS / "logs") as servers:
             print(f"upstream pid {servers.upstream.pid} :{servers.upstream_port}, "
-                  f"gateway pid {servers.gateway.pid} :{servers.gateway_port}", flush=True)
+                  f"gateway pid {servers.gateway.pid} :{servers.gateway_port}, "
+                  f"floor pid {servers.floor.pid} :{servers.floor_port}", flush=True)
             for i, sc in enumerate(selected, 1):
                 print(f"[{i}/{len(selected)}] {sc.name}: {sc.description} ...", end=" ", flush=True)
                 res = run_scenario(sc, servers, args.scale)
@@ -242,10 +329,14 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = round(time.monotonic() - started, 1)
     print()
     print(text_table(rows))
+    print(LEGEND)
     print()
     print(_cpu_table(results))
+    warning = _contention(results)
+    if warning:
+        print(warning)
     print()
-    markdown = f"_{header(info)}; bench took {elapsed} s._\n\n{markdown_table(rows)}\n"
+    markdown = _markdown(info, elapsed, rows, warning)
     print(f"Markdown (also in {os.path.relpath(args.output.with_suffix('.md'))}):")
     print()
     print(markdown, end="")
@@ -258,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": elapsed,
             "scale": args.scale,
             "ok": not failed,
+            "contention_warning": warning,
             "scenarios": [{**res, "rows": [r.as_json() for r in res["rows"]]} for res in results],
         },
     )

@@ -1,12 +1,13 @@
 """The five scenarios: what load each applies, and what each reports.
 
-Every scenario sends the same body direct to the demo upstream and through
-the gateway (which forwards the ``demo`` knobs untouched), so the only
-difference between the two measurements is the gateway hop. ``created: 0``
-makes answers byte-identical, which the bench checks (size and sha256).
+Every scenario sends the same body direct to the demo upstream, through the
+gateway (which forwards the ``demo`` knobs untouched) and through the floor
+proxy (which forwards the body as-is), so the only difference between the
+measurements is the hop. ``created: 0`` makes answers byte-identical, which
+the bench checks (size and sha256) on all three.
 
-Durations are chosen so that each scenario, direct + gateway, ends within
-about 20 s, and the whole run within about 2 minutes on 2 cores.
+Durations are chosen so that each scenario, direct + gateway + floor, ends
+within about 35 s, and the whole run within about 3 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -18,9 +19,21 @@ from typing import Any
 from bench.report import Row, Target
 from bench.stats import RssInfo, Summary
 
-__all__ = ["SCENARIOS", "Scenario"]
+__all__ = ["SCENARIOS", "Measured", "Scenario"]
 
-RowsFn = Callable[["Scenario", Summary, Summary, RssInfo], list[Row]]
+
+@dataclass(frozen=True)
+class Measured:
+    """One scenario's three runs under the same load, and both proxies' memory."""
+
+    direct: Summary
+    gateway: Summary
+    floor: Summary
+    gateway_rss: RssInfo
+    floor_rss: RssInfo
+
+
+RowsFn = Callable[["Scenario", Measured], list[Row]]
 
 
 @dataclass(frozen=True)
@@ -64,57 +77,79 @@ def _mib(kib: int) -> float:
     return kib / 1024
 
 
-def _rss_rows(sc: Scenario, rss: RssInfo, target: Target | None) -> list[Row]:
-    note = "" if rss.peak_reset else "lifetime peak (clear_refs failed)"
+def _row(sc: Scenario, m: Measured, metric: str, unit: str, pick: Callable[[Summary], float | None], **kw: Any) -> Row:
+    """A row whose three columns are the same number taken from each run."""
+    return Row(sc.name, metric, unit, pick(m.direct), pick(m.gateway), floor=pick(m.floor), **kw)
+
+
+def _latency(q: str) -> Callable[[Summary], float | None]:
+    return lambda s: s.latency_ms[q]
+
+
+def _ttfe(q: str) -> Callable[[Summary], float | None]:
+    return lambda s: s.ttfe_ms[q]
+
+
+def _rps(s: Summary) -> float:
+    return s.rps
+
+
+def _mbps(s: Summary) -> float:
+    return s.mb_per_s
+
+
+def _rss_rows(sc: Scenario, m: Measured, target: Target | None) -> list[Row]:
+    """The proxies' own memory (direct has no proxy): the gateway's, and the floor's for scale."""
+    g, f = m.gateway_rss, m.floor_rss
+    note = "" if g.peak_reset and f.peak_reset else "lifetime peak (clear_refs failed)"
     return [
-        Row(sc.name, "gateway RSS before", "MiB", None, _mib(rss.baseline_kib), compare="gateway"),
-        Row(sc.name, "gateway peak RSS", "MiB", None, _mib(rss.peak_kib), compare="gateway", target=target, note=note),
+        Row(sc.name, "RSS before", "MiB", None, _mib(g.baseline_kib), compare="gateway",
+            floor=_mib(f.baseline_kib)),
+        Row(sc.name, "peak RSS", "MiB", None, _mib(g.peak_kib), compare="gateway", target=target, note=note,
+            floor=_mib(f.peak_kib)),
     ]
 
 
-def _small_c1(sc: Scenario, d: Summary, g: Summary, rss: RssInfo) -> list[Row]:
+def _small_c1(sc: Scenario, m: Measured) -> list[Row]:
     return [
-        Row(sc.name, "p50 latency", "ms", d.latency_ms["p50"], g.latency_ms["p50"],
-            target=Target("added", 0.25, at_most=True, unit="ms")),
-        Row(sc.name, "p99 latency", "ms", d.latency_ms["p99"], g.latency_ms["p99"], compare="added"),
-        Row(sc.name, "throughput", "req/s", d.rps, g.rps, compare="ratio"),
+        _row(sc, m, "p50 latency", "ms", _latency("p50"), target=Target("added", 0.25, at_most=True, unit="ms")),
+        _row(sc, m, "p99 latency", "ms", _latency("p99"), compare="added"),
+        _row(sc, m, "throughput", "req/s", _rps, compare="ratio"),
     ]
 
 
-def _small_c32(sc: Scenario, d: Summary, g: Summary, rss: RssInfo) -> list[Row]:
+def _small_c32(sc: Scenario, m: Measured) -> list[Row]:
     return [
-        Row(sc.name, "throughput", "req/s", d.rps, g.rps, target=Target("ratio", 0.5, at_most=False)),
-        Row(sc.name, "p50 latency", "ms", d.latency_ms["p50"], g.latency_ms["p50"], compare="added"),
-        Row(sc.name, "p99 latency", "ms", d.latency_ms["p99"], g.latency_ms["p99"], compare="added"),
+        _row(sc, m, "throughput", "req/s", _rps, target=Target("ratio", 0.5, at_most=False)),
+        _row(sc, m, "p50 latency", "ms", _latency("p50"), compare="added"),
+        _row(sc, m, "p99 latency", "ms", _latency("p99"), compare="added"),
     ]
 
 
-def _big_c4(sc: Scenario, d: Summary, g: Summary, rss: RssInfo) -> list[Row]:
+def _big_c4(sc: Scenario, m: Measured) -> list[Row]:
     return [
-        Row(sc.name, "throughput", "req/s", d.rps, g.rps, target=Target("ratio", 0.8, at_most=False)),
-        Row(sc.name, "throughput", "MB/s", d.mb_per_s, g.mb_per_s, compare="ratio"),
-        Row(sc.name, "p50 latency", "ms", d.latency_ms["p50"], g.latency_ms["p50"], compare="added"),
-        *_rss_rows(sc, rss, Target("gateway", 64, at_most=True, unit="MiB")),
-        Row(sc.name, "body size (sha256 equal)", "MB", d.sample_size / 1e6, g.sample_size / 1e6,
-            compare="gateway", note="identical"),
+        _row(sc, m, "throughput", "req/s", _rps, target=Target("ratio", 0.8, at_most=False)),
+        _row(sc, m, "throughput", "MB/s", _mbps, compare="ratio"),
+        _row(sc, m, "p50 latency", "ms", _latency("p50"), compare="added"),
+        *_rss_rows(sc, m, Target("gateway", 64, at_most=True, unit="MiB")),
+        _row(sc, m, "body size (sha256 equal)", "MB", lambda s: s.sample_size / 1e6, compare="gateway", note="identical"),
     ]
 
 
-def _stream_c4(sc: Scenario, d: Summary, g: Summary, rss: RssInfo) -> list[Row]:
+def _stream_c4(sc: Scenario, m: Measured) -> list[Row]:
     return [
-        Row(sc.name, "throughput", "streams/s", d.rps, g.rps, target=Target("ratio", 0.95, at_most=False)),
-        Row(sc.name, "throughput", "MB/s", d.mb_per_s, g.mb_per_s, target=Target("ratio", 0.95, at_most=False)),
-        Row(sc.name, "p50 time to first event", "ms", d.ttfe_ms["p50"], g.ttfe_ms["p50"], compare="added"),
-        *_rss_rows(sc, rss, None),
+        _row(sc, m, "throughput", "streams/s", _rps, target=Target("ratio", 0.95, at_most=False)),
+        _row(sc, m, "throughput", "MB/s", _mbps, target=Target("ratio", 0.95, at_most=False)),
+        _row(sc, m, "p50 time to first event", "ms", _ttfe("p50"), compare="added"),
+        *_rss_rows(sc, m, None),
     ]
 
 
-def _stream_ttfe(sc: Scenario, d: Summary, g: Summary, rss: RssInfo) -> list[Row]:
+def _stream_ttfe(sc: Scenario, m: Measured) -> list[Row]:
     return [
-        Row(sc.name, "p50 time to first event", "ms", d.ttfe_ms["p50"], g.ttfe_ms["p50"],
-            target=Target("added", 1.0, at_most=True, unit="ms")),
-        Row(sc.name, "p90 time to first event", "ms", d.ttfe_ms["p90"], g.ttfe_ms["p90"], compare="added"),
-        Row(sc.name, "p50 whole stream", "ms", d.latency_ms["p50"], g.latency_ms["p50"], compare="added"),
+        _row(sc, m, "p50 time to first event", "ms", _ttfe("p50"), target=Target("added", 1.0, at_most=True, unit="ms")),
+        _row(sc, m, "p90 time to first event", "ms", _ttfe("p90"), compare="added"),
+        _row(sc, m, "p50 whole stream", "ms", _latency("p50"), compare="added"),
     ]
 
 

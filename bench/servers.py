@@ -1,4 +1,8 @@
-"""Starting and stopping the processes under test: demo upstream and gateway.
+"""Starting and stopping the processes under test: demo upstream, gateway, floor.
+
+The floor (``bench.floor_proxy``) is a bare aiohttp pass-through proxy in
+front of the same upstream: what any aiohttp proxy costs on this machine,
+measured in the same run, so the gateway's own overhead can be told apart.
 
 Every child is started in a session of its own, so a Ctrl-C at the terminal
 reaches only the orchestrator, which then stops the children in order (the
@@ -114,9 +118,11 @@ class Servers:
     upstream_port: int
     gateway: ManagedProcess
     gateway_port: int
+    floor: ManagedProcess
+    floor_port: int
 
     def check_alive(self) -> None:
-        for proc in (self.upstream, self.gateway):
+        for proc in (self.upstream, self.gateway, self.floor):
             if not proc.alive():
                 raise BenchError(f"{proc.name} (pid {proc.pid}) has exited:\n{proc.log_tail()}")
 
@@ -150,7 +156,7 @@ def _start(name: str, argv: list[str], ready_path: str, port: int, logs: Path) -
 
 @contextlib.contextmanager
 def running_servers(logs: Path) -> Iterator[Servers]:
-    """The demo upstream and a gateway in front of it; both stopped on exit."""
+    """The demo upstream, and a gateway and a floor proxy in front of it; all stopped on exit."""
     logs.mkdir(parents=True, exist_ok=True)
     started: list[ManagedProcess] = []
     with tempfile.TemporaryDirectory(prefix="pixelgate-bench-") as tmp:
@@ -175,7 +181,17 @@ def running_servers(logs: Path) -> Iterator[Servers]:
                 logs,
             )
             started.append(gateway)
-            yield Servers(upstream, up_port, gateway, gw_port)
+            floor_port = free_port()
+            floor = _start(
+                "floor",
+                [sys.executable, "-m", "bench.floor_proxy", "--host", HOST, "--port", str(floor_port),
+                 "--upstream", f"http://{HOST}:{up_port}"],
+                "/healthz",
+                floor_port,
+                logs,
+            )
+            started.append(floor)
+            yield Servers(upstream, up_port, gateway, gw_port, floor, floor_port)
         finally:
             for proc in reversed(started):
                 proc.stop()

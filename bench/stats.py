@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 from bench.loadgen import LoadResult
@@ -47,6 +48,12 @@ class Summary:
     loadgen_uvloop: bool
     # CPU microseconds per measured request, per process (loadgen included).
     cpu_us_per_request: dict[str, float] = field(default_factory=dict)
+    # Share (%) of all cores' time during the measured phase used by anything
+    # but the processes measured (other programs, kernel threads, steal): on a
+    # shared 2-core machine, the sign that a number was taken under contention.
+    other_cpu_pct: float | None = None
+    # Share (%) spent in interrupts: mostly the loopback traffic itself.
+    irq_cpu_pct: float | None = None
 
 
 def _quantiles(values: list[float]) -> dict[str, float | None]:
@@ -61,6 +68,12 @@ def summarize(result: LoadResult) -> Summary:
     elapsed = result.elapsed_s or float("nan")
     n = result.requests
     cpu = {name: seconds * 1e6 / n for name, seconds in result.cpu_s.items()} if n else {}
+    capacity = result.elapsed_s * (os.cpu_count() or 1)
+    other = irq = None
+    if capacity > 0 and result.machine_cpu_s:
+        ours = sum(result.cpu_s.values())
+        other = max(0.0, result.machine_cpu_s["busy"] - ours) * 100 / capacity
+        irq = result.machine_cpu_s["irq"] * 100 / capacity
     return Summary(
         requests=n,
         errors=result.errors,
@@ -75,4 +88,6 @@ def summarize(result: LoadResult) -> Summary:
         sample_events=result.sample_events,
         loadgen_uvloop=result.uvloop,
         cpu_us_per_request=cpu,
+        other_cpu_pct=other,
+        irq_cpu_pct=irq,
     )
