@@ -51,9 +51,20 @@ def _describe(config: Config, explicit: bool) -> str:
     return "no config: every model goes to the OpenAI-compatible upstream in OPENAI_BASE_URL"
 
 
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The access log is one JSON line per request, with its own timestamp:
+    # written as is, without the per-record time formatting of the root format.
+    access = logging.getLogger("pixelgate.access")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access.addHandler(handler)
+    access.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _setup_logging()
     if args.command == "demo-upstream":
         from proxy.demo.server import run_demo
 

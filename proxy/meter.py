@@ -116,14 +116,47 @@ class KeyScanner:
         return None
 
 
+class _ImageView(msgspec.Struct):
+    # Raw: the base64 is skipped over (and checked as JSON), never materialised.
+    b64_json: msgspec.Raw = msgspec.Raw()
+    url: msgspec.Raw = msgspec.Raw()
+
+
+class _BodyView(msgspec.Struct):
+    # Raw too: a field of an unexpected shape must not fail a valid answer.
+    data: msgspec.Raw = msgspec.Raw()
+    usage: msgspec.Raw = msgspec.Raw()
+
+
+_body_view = msgspec.json.Decoder(_BodyView)
+_images_view = msgspec.json.Decoder(list[_ImageView])
+
+
 class BodyMeter:
     """Images and usage of a non-streamed OpenAI ``ImagesResponse`` body."""
 
-    __slots__ = ("_scanner", "bytes")
+    __slots__ = ("_images", "_scanner", "_usage", "bytes")
 
     def __init__(self) -> None:
         self._scanner = KeyScanner(b"b64_json", b"url")
+        self._images: int | None = None
+        self._usage: Usage | None = None
         self.bytes = 0
+
+    def whole(self, body: bytes) -> None:
+        """Meter (and check) a small body that arrived in one piece, in one decode.
+
+        Raises ``msgspec.DecodeError`` if it is not a JSON object; fields of
+        an unexpected shape only leave images or usage unknown.
+        """
+        view = _body_view.decode(body)
+        self.bytes += len(body)
+        try:
+            items = _images_view.decode(view.data) if view.data else []
+        except msgspec.ValidationError:
+            items = []
+        self._images = sum(1 for item in items if item.b64_json or item.url)
+        self._usage = decode_usage(view.usage) if view.usage else None
 
     def feed(self, chunk: bytes) -> None:
         self.bytes += len(chunk)
@@ -131,10 +164,14 @@ class BodyMeter:
 
     @property
     def images(self) -> int:
+        if self._images is not None:
+            return self._images
         counts = self._scanner.counts
         return counts[b"b64_json"] + counts[b"url"]
 
     def usage(self) -> Usage | None:
+        if self._images is not None:
+            return self._usage
         self._scanner.finish()
         return self._scanner.usage()
 

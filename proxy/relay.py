@@ -210,25 +210,27 @@ async def _read(upstream: UpstreamResponse, timeout: float) -> bytes | None:
         return None
 
 
-# A JSON body this small, whole in its first chunk, is checked before relaying.
+# A JSON body this small, whole in its first chunk, is parsed before relaying.
 _CHECK_WHOLE = 64 * 1024
-_json_check = msgspec.json.Decoder()
 
 
-def _check_json_start(provider: str, data: bytes, whole: bool) -> None:
+def _check_first(provider: str, data: bytes, whole: bool, meter: BodyMeter) -> None:
     """Catch a malformed 200 body while a failover is still possible.
 
     Only the first chunk is looked at (nothing has reached the client yet):
-    it must open a JSON object, and a small body that came whole is parsed.
-    A large body is relayed as it streams; it is never parsed whole.
+    it must open a JSON object; a small body that came whole is decoded as an
+    ImagesResponse view, which also meters it. A large body is relayed as it
+    streams and metered by scanning: it is never parsed whole.
     """
     if not data.lstrip().startswith(b"{"):
         raise UpstreamProtocolError(f"provider {provider!r} answered HTTP 200 with a body that is not a JSON object")
     if whole and len(data) <= _CHECK_WHOLE:
         try:
-            _json_check.decode(data)
-        except msgspec.DecodeError:
-            raise UpstreamProtocolError(f"provider {provider!r} answered HTTP 200 with malformed JSON") from None
+            meter.whole(data)
+        except msgspec.DecodeError as exc:
+            raise UpstreamProtocolError(f"provider {provider!r} answered HTTP 200 with malformed JSON: {exc}") from None
+    else:
+        meter.feed(data)
 
 
 async def _pump_body(upstream: UpstreamResponse, ex: Exchange, client: _Client) -> None:
@@ -250,8 +252,7 @@ async def _pump_body(upstream: UpstreamResponse, ex: Exchange, client: _Client) 
                 continue
             first = held if held is not None else data
             read_at = loop.time()
-            _check_json_start(ex.provider, first, whole=not chunk)
-            meter.feed(first)
+            _check_first(ex.provider, first, not chunk, meter)
             await client.write(first)
             client.outcome.response_overhead = loop.time() - read_at
             if held is None:

@@ -82,3 +82,16 @@ def test_keys_are_matched_with_their_colon_only() -> None:
     scanner.feed(b'{"revised_prompt":"url","note":"say \\"url\\": fine","data":[{"url":"https://x"}]}')
     scanner.finish()
     assert scanner.counts == {b"url": 1}
+
+
+def test_whole_small_body_in_one_decode() -> None:
+    meter = BodyMeter()
+    meter.whole(BODY)
+    usage = meter.usage()
+    assert meter.images == 2 and usage is not None and usage.total_tokens == 12 and meter.bytes == len(BODY)
+
+
+def test_whole_body_with_odd_fields_is_valid_but_unmetered() -> None:
+    meter = BodyMeter()
+    meter.whole(b'{"created": 1, "data": "not a list", "usage": {"input_tokens": "many"}}')
+    assert meter.images == 0 and meter.usage() is None

@@ -69,5 +69,5 @@ async def test_two_workers_share_the_port_and_the_metrics() -> None:
         supervisor.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(supervisor.wait, 30) == 0
         log = supervisor.stderr.read()
-    served_by = {json.loads(line.split(": ", 1)[1])["worker"] for line in log.splitlines() if "pixelgate.access:" in line}
+    served_by = {json.loads(line)["worker"] for line in log.splitlines() if line.startswith('{"ts":')}
     assert len(served_by & workers) == 2, (served_by, workers)
