@@ -50,6 +50,8 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
     # One SSE event is buffered whole before it is relayed; a 1536x1024 RGBA
     # PNG is ~8.4 MB of base64, so 32 MiB leaves room for larger outputs.
     max_event_bytes: Annotated[int, Meta(ge=64 * 1024)] = 32 * MiB
+    # The playground page at / and the browser client at /static/pixelgate.js.
+    playground: bool = True
     # Log prompts in the access log (off: prompts are users' data).
     log_prompts: bool = False
     # Comment lines sent while an upstream stream is silent; 0 disables them.

@@ -13,6 +13,7 @@ import os
 import secrets
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import aiohttp
 import msgspec
@@ -158,7 +159,18 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics)
+    if config.server.playground:
+        app.router.add_get("/", _playground)
+        # Plain files, no build step; the browser client is an ES module.
+        app.router.add_static("/static/", STATIC, append_version=False)
     return app
+
+
+STATIC = Path(__file__).parent / "static"
+
+
+async def _playground(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
 
 async def serve(config: Config, reuse_port: bool = False) -> None:
