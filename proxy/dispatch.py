@@ -135,7 +135,7 @@ async def dispatch(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + routing.deadline
     attempts: list[Attempt] = []
-    errors: list[GatewayError] = []
+    errors: list[tuple[GatewayError, Route]] = []
     for route in routes:
         breaker = route.breaker
         if not breaker.allow():
@@ -157,8 +157,8 @@ async def dispatch(
                 attempts.append(attempt := Attempt(route, _result(err), err.error_type))
                 observer.finished(attempt, outcome, len(ex.upstream.body))
                 if not _fails_over(err):
-                    raise _annotated(err, attempts) from None
-                errors.append(err)
+                    raise _annotated(err, attempts, route) from None
+                errors.append((err, route))
                 delay = _delay(err, retry, routing)
                 if retry == routing.retries or not _retries_same(err) or delay is None or delay >= deadline - loop.time():
                     break
@@ -182,8 +182,9 @@ async def dispatch(
         )
         if not attempts:
             err = UpstreamTimeout("The request's routing deadline passed before any attempt.")
-        raise _annotated(err, attempts)
-    raise _annotated(min(errors, key=_rank), attempts)
+        raise _annotated(err, attempts, None)
+    best, route = min(errors, key=lambda pair: _rank(pair[0]))
+    raise _annotated(best, attempts, route)
 
 
 def _record_success(breaker: Breaker, outcome: Outcome) -> None:
@@ -200,8 +201,11 @@ def _delay(err: GatewayError, retry: int, routing: RoutingConfig) -> float | Non
     return random.uniform(0, min(routing.backoff_max, routing.backoff_base * 2**retry))
 
 
-def _annotated(err: GatewayError, attempts: list[Attempt]) -> GatewayError:
+def _annotated(err: GatewayError, attempts: list[Attempt], source: Route | None) -> GatewayError:
+    """Attempt headers, and the provider whose error this is (for the client and the metrics)."""
     err.headers["x-pixelgate-attempts"] = str(len(attempts))
+    if source is not None:
+        err.headers["x-pixelgate-provider"] = source.provider.name
     if attempts:
         err.headers["x-pixelgate-attempt-log"] = _log(attempts)
     if isinstance(err, (UpstreamTimeout, UpstreamProtocolError)):

@@ -124,8 +124,8 @@ async def _generations(request: web.Request) -> web.StreamResponse:
         return response
     except GatewayError as err:
         record.status, record.error_type = err.status, err.error_type
-        if observer.last is not None:
-            err.headers.setdefault("x-pixelgate-provider", observer.last.route.provider.name)
+        # Counted against the provider whose error the client gets.
+        record.provider = err.headers.get("x-pixelgate-provider", record.provider)
         raise
     except asyncio.CancelledError:
         record.status, record.error_type = 499, "client_disconnect"

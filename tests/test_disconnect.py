@@ -52,7 +52,8 @@ async def test_client_disconnect_closes_upstream_promptly(fake_upstream, gateway
         gone = time.monotonic()
         await asyncio.wait_for(closed.wait(), 2)
         elapsed = time.monotonic() - gone
-    assert elapsed < 0.5, elapsed
+    print(f"upstream closed {elapsed * 1000:.1f} ms after the client left")
+    assert elapsed < 0.1, elapsed
     await asyncio.sleep(0.05)
     # No traceback logged as an error anywhere.
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []

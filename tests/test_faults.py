@@ -97,6 +97,8 @@ async def test_retry_after_over_the_cap_fails_over_at_once(scripted) -> None:
     code, headers, _ = await post(gw)
     assert code == 200 and headers["x-pixelgate-attempt-log"] == "a=429, b=200"
     assert time.monotonic() - started < 1
+    assert 'pixelgate_fallbacks_total{model="m",provider="b"} 1.0' in await metrics(gw)
+    await assert_healthy(gw, ups)
 
 
 async def test_moderation_400_is_returned_at_once_never_retried(scripted) -> None:
@@ -154,6 +156,7 @@ async def test_malformed_sse_without_event_end(scripted) -> None:
     code, headers, body = await post(gw, STREAM)
     assert code == 502 and headers["x-pixelgate-attempt-log"] == "a=protocol"
     assert json.loads(body)["error"]["code"] == "upstream_protocol_error"
+    assert 'pixelgate_errors_total{error_type="protocol",model="m",provider="a"} 1.0' in await metrics(gw)
     await assert_healthy(gw, ups)
 
 
@@ -170,6 +173,7 @@ async def test_event_over_the_size_limit(scripted) -> None:
     gw, ups = await scripted({"a": [raw([PARTIAL, big])]}, server={"max_event_bytes": 65536})
     code, _, body = await post(gw, STREAM)
     assert code == 200 and body.startswith(PARTIAL) and b"max_event_bytes" in body
+    assert 'pixelgate_errors_total{error_type="protocol",model="m",provider="a"} 1.0' in await metrics(gw)
     await assert_healthy(gw, ups)
 
 
@@ -179,6 +183,8 @@ async def test_invalid_json_with_status_200_fails_over(scripted) -> None:
     code, headers, body = await post(gw)
     assert code == 200 and headers["x-pixelgate-attempt-log"] == "a=protocol, b=200"
     assert json.loads(body)["data"]
+    assert 'pixelgate_upstream_attempts_total{model="m",provider="a",result="protocol"} 1.0' in await metrics(gw)
+    await assert_healthy(gw, ups)
 
 
 async def test_wrong_content_type_fails_over(scripted) -> None:
@@ -187,6 +193,8 @@ async def test_wrong_content_type_fails_over(scripted) -> None:
     for body in (BODY, STREAM):
         code, headers, _ = await post(gw, body)
         assert code == 200 and headers["x-pixelgate-provider"] == "b"
+    assert 'pixelgate_upstream_attempts_total{model="m",provider="a",result="protocol"} 2.0' in await metrics(gw)
+    await assert_healthy(gw, ups)
 
 
 async def test_every_deployment_failing_gives_the_most_informative_error(scripted) -> None:
@@ -195,6 +203,8 @@ async def test_every_deployment_failing_gives_the_most_informative_error(scripte
     code, headers, body = await post(gw)
     assert code == 429 and json.loads(body)["error"]["message"] == "b is busy"
     assert headers["x-pixelgate-attempt-log"] == "a=503, b=429, c=connect"
+    assert headers["x-pixelgate-provider"] == "b"
+    assert 'pixelgate_errors_total{error_type="rate_limited",model="m",provider="b"} 1.0' in await metrics(gw)
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import threading
 from pathlib import Path
 
 import aiohttp
@@ -40,8 +41,14 @@ async def test_two_workers_share_the_port_and_the_metrics() -> None:
     port = free_port()
     with pixelgate("serve", "--workers", "2", "--port", str(port), env={"PIXELGATE_CONFIG": "", "OPENAI_BASE_URL": ""},
                    ready=f"http://127.0.0.1:{port}/readyz") as supervisor:
-        await _wait_for(lambda: len(_children(supervisor.pid)) == 2)
+        # Collect the workers' log lines as they come (all share stderr).
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(iter(supervisor.stderr.readline, "")), daemon=True)
+        reader.start()
+        # Both must be listening before the load: one answering /readyz is not enough.
+        await _wait_for(lambda: sum("Pixelgate listening" in line for line in list(lines)) == 2)
         workers = set(_children(supervisor.pid))
+        assert len(workers) == 2
         body = {"model": "demo-image", "prompt": "a fox", "size": "16x16"}
         # A new connection per request, so the kernel spreads them over the workers.
         connector = aiohttp.TCPConnector(force_close=True)
@@ -68,6 +75,6 @@ async def test_two_workers_share_the_port_and_the_metrics() -> None:
 
         supervisor.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(supervisor.wait, 30) == 0
-        log = supervisor.stderr.read()
-    served_by = {json.loads(line)["worker"] for line in log.splitlines() if line.startswith('{"ts":')}
+        reader.join(5)
+    served_by = {json.loads(line)["worker"] for line in lines if line.startswith('{"ts":')}
     assert len(served_by & workers) == 2, (served_by, workers)
