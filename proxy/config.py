@@ -275,7 +275,8 @@ def zero_config(env: Mapping[str, str] | None = None) -> Config:
 
     With ``OPENAI_BASE_URL`` set, every model goes to that OpenAI-compatible
     upstream (with ``OPENAI_API_KEY`` when set); otherwise the built-in demo
-    provider serves every model, with no keys and no network.
+    provider serves every model, with no keys and no network, pausing 300 ms
+    between streamed events so partial images visibly sharpen.
     """
     env = os.environ if env is None else env
     if base_url := env.get("OPENAI_BASE_URL"):
@@ -285,7 +286,8 @@ def zero_config(env: Mapping[str, str] | None = None) -> Config:
         data = {"providers": {"openai": provider}, "models": {WILDCARD: [{"provider": "openai"}]}}
     else:
         data = {
-            "providers": {"demo": {"adapter": "demo"}},
+            # Paced so that partial images visibly sharpen in the playground.
+            "providers": {"demo": {"adapter": "demo", "options": {"interval_ms": 300}}},
             "models": {"demo-image": [{"provider": "demo"}], WILDCARD: [{"provider": "demo"}]},
         }
     # Values are literal: no ${VAR} expansion (a key may contain "${").

@@ -201,6 +201,8 @@ async def serve(config: Config, reuse_port: bool = False) -> None:
         site = web.TCPSite(runner, server.host, server.port, reuse_port=reuse_port or None)
         await site.start()
         log.info("Pixelgate listening on http://%s:%d/v1 (pid %d)", server.host, server.port, os.getpid())
+        if server.playground and not reuse_port:
+            log.info("Playground: open http://%s:%d/ in a browser", server.host, server.port)
         await stop.wait()
         log.info("shutting down")
         app[STATE].ready = False
