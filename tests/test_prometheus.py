@@ -31,6 +31,9 @@ import aiohttp
 import openai
 import pytest
 
+from tests.procs import stop
+from tests.test_deploy import REQUIRED_ALERTS
+
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 P95 = "histogram_quantile(0.95, sum by (le, provider) (rate(pixelgate_request_duration_seconds_bucket[1m])))"
@@ -64,13 +67,7 @@ def _process(args: list[str], log: Path, env: dict[str, str] | None = None) -> I
         try:
             yield proc
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+            stop(proc, grace=15)
 
 
 async def _wait_ok(session: aiohttp.ClientSession, url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
@@ -208,14 +205,7 @@ async def test_real_prometheus_scrapes_the_gateway(tmp_path: Path) -> None:
                 return None
 
             rules = await _poll("alert rules evaluated with health ok", rules_healthy, 30, logs)
-            assert {name for name, _ in rules} >= {
-                "PixelgateTargetDown",
-                "PixelgateProviderErrorRatioHigh",
-                "PixelgateFirstPartialImageSlow",
-                "PixelgateUpstreamCircuitOpen",
-                "PixelgateUpstreamFailing",
-                "PixelgateInflightSaturation",
-            }
+            assert {name for name, _ in rules} >= REQUIRED_ALERTS
 
         # Both stop cleanly on SIGTERM (the gateway with exit code 0).
         for proc, log in ((gw_proc, gw_log), (prom_proc, prom_log)):
