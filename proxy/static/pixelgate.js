@@ -169,7 +169,7 @@ export class SSEParser {
  * `status` is the HTTP status for errors before the stream (null for errors
  * the stream reports, and for network failures); `code` is the envelope's
  * code, or one of this client's: `network_error`, `stream_truncated`,
- * `stream_incomplete`, `invalid_event`.
+ * `stream_incomplete`, `invalid_event`, `invalid_response`.
  */
 export class PixelgateError extends Error {
   /**
@@ -250,7 +250,7 @@ export async function* streamImages({ body, signal, ...options }) {
   });
   if (!(response.headers.get('content-type') || '').includes('text/event-stream')) {
     // A server that ignores `stream`: one completed event per image.
-    const { data = [], ...meta } = await response.json();
+    const { data = [], ...meta } = await readJson(response, signal);
     for (const [image, item] of data.entries()) yield { type: 'completed', image, data: { ...meta, ...item } };
     return;
   }
@@ -318,7 +318,7 @@ export async function generateImages({ body, ...options }) {
     accept: 'application/json',
     body: JSON.stringify({ ...body, stream: false }),
   });
-  return response.json();
+  return readJson(response, options.signal);
 }
 
 /**
@@ -328,7 +328,7 @@ export async function generateImages({ body, ...options }) {
  */
 export async function listModels(options = {}) {
   const response = await request('models', { ...options, method: 'GET', accept: 'application/json' });
-  const list = await response.json();
+  const list = await readJson(response, options.signal);
   return (list.data ?? []).map((/** @type {{id: string}} */ model) => model.id);
 }
 
@@ -366,6 +366,26 @@ async function request(path, { baseUrl = '/v1', apiKey, signal, fetch: fetchImpl
 }
 
 /**
+ * A 2xx response's JSON body.
+ * @param {Response} response
+ * @param {AbortSignal | undefined} signal
+ * @returns {Promise<any>}
+ */
+async function readJson(response, signal) {
+  try {
+    return await response.json();
+  } catch (err) {
+    if (signal?.aborted) throw signal.reason ?? err;
+    throw new PixelgateError('The server sent a response that is not valid JSON.', {
+      status: response.status,
+      code: 'invalid_response',
+      requestId: response.headers.get('x-request-id'),
+      cause: err,
+    });
+  }
+}
+
+/**
  * The error for a non-2xx response, from its OpenAI envelope when it has one.
  * @param {Response} response
  * @param {AbortSignal | undefined} signal
@@ -378,6 +398,7 @@ async function httpError(response, signal) {
   } catch (err) {
     if (signal?.aborted) throw signal.reason ?? err;
   }
+  /** @type {ErrorFields} */
   let error = {};
   try {
     error = envelope(JSON.parse(text));
@@ -416,9 +437,14 @@ function streamError(name, data, requestId) {
 }
 
 /**
+ * The fields of an OpenAI error envelope's `error` object.
+ * @typedef {{message?: string, code?: string | null, type?: string | null, param?: string | null}} ErrorFields
+ */
+
+/**
  * The `error` member of an envelope, as an object.
  * @param {any} body
- * @returns {{message?: string, code?: string | null, type?: string | null, param?: string | null}}
+ * @returns {ErrorFields}
  */
 function envelope(body) {
   const error = body !== null && typeof body === 'object' ? body.error : undefined;

@@ -98,15 +98,19 @@ class Slot {
   }
 
   /**
-   * Mark an image that will not be finished.
+   * End a slot whose image will not be finished: it keeps its last partial
+   * image, marked as such; a slot that never showed one is removed.
    * @param {'cancelled' | 'failed'} state
    */
   stop(state) {
     if (this.item.dataset.state === 'final') return;
+    if (!this.item.dataset.shown) {
+      this.item.remove();
+      return;
+    }
     this.item.dataset.state = state;
     const word = state === 'cancelled' ? 'Cancelled' : 'Failed';
-    const shown = this.item.dataset.shown ? ` (last ${this.badge.textContent} shown)` : '';
-    this.caption.textContent = `${this.name}: ${word}${shown}`;
+    this.caption.textContent = `${this.name}: ${word} (last ${this.badge.textContent} shown)`;
   }
 
   /**
@@ -270,11 +274,10 @@ class Playground {
 
   /** @param {AbortController | null} abort */
   #setRunning(abort) {
-    const focusWasOn = document.activeElement;
+    const focusWasOn = this.form.ownerDocument.activeElement;
     this.#running = abort;
     this.generateButton.disabled = abort !== null;
     this.cancelButton.disabled = abort === null;
-    this.form.setAttribute('aria-busy', String(abort !== null));
     // Keep keyboard focus on a usable button as they swap.
     if (abort && focusWasOn === this.generateButton) this.cancelButton.focus();
     if (!abort && focusWasOn === this.cancelButton) this.generateButton.focus();

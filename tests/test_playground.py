@@ -1,0 +1,429 @@
+"""The playground page and its browser client, in a real Chromium.
+
+The gateway runs as a subprocess (``python -m proxy serve``, as users run it)
+with the demo provider made slow, so partial images arrive over time, and a
+fake OpenAI-compatible upstream (a plain ``http.server`` on loopback) for
+errors and for watching the upstream connection close. Playwright's sync API
+drives Debian's Chromium (``/usr/bin/chromium``; Playwright's own browser
+downloads are not used). The client's SSE parser has Node unit tests in
+``tests/js/``, run here too so ``make test`` covers them.
+
+Only a missing ``/usr/bin/chromium`` or ``node`` skips tests.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from tests.procs import ROOT, free_port, wait_http
+
+CHROMIUM = Path("/usr/bin/chromium")
+NODE = shutil.which("node")
+ARTIFACTS = ROOT / "artifacts"
+
+needs_chromium = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="needs Debian's Chromium at /usr/bin/chromium (apt-get install chromium)"
+)
+needs_node = pytest.mark.skipif(NODE is None, reason="needs Node.js (`node`) to run tests/js/")
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+# Upstream models the fake upstream answers (the gateway routes them to it).
+RATE_LIMIT_MESSAGE = "Rate limit exceeded for images per minute"
+MID_STREAM_MESSAGE = "The upstream image model crashed while drawing"
+
+
+def _png_b64(size: int = 64) -> str:
+    image = Image.new("RGB", (size, size))
+    image.putdata([(x * 4 % 256, y * 4 % 256, 160) for y in range(size) for x in range(size)])
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return base64.b64encode(out.getvalue()).decode()
+
+
+def _event(kind: str, **fields: Any) -> bytes:
+    data = {"type": kind, **fields}
+    return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+PARTIAL = _event(
+    "image_generation.partial_image", b64_json=_png_b64(), partial_image_index=0, created_at=1,
+    size="64x64", quality="low", background="opaque", output_format="png",
+)
+
+
+class FakeUpstream:
+    """An OpenAI-compatible upstream on loopback, answering by model name.
+
+    - ``rate-limited``: 429 with OpenAI's error envelope.
+    - ``fails-mid-stream``: one partial image, then an ``event: error``.
+    - ``hangs``: one partial image, then nothing until the gateway closes the
+      connection; ``closed`` is set (and ``closed_at`` recorded) when it does.
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+        self.closed = threading.Event()
+        self.closed_at = 0.0
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+                model = body.get("model")
+                upstream.requests.append(model)
+                if model == "rate-limited":
+                    envelope = {"error": {"message": RATE_LIMIT_MESSAGE, "type": "requests", "param": None, "code": "rate_limit_exceeded"}}
+                    payload = json.dumps(envelope).encode()
+                    self.send_response(429)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                self.wfile.write(PARTIAL)
+                self.wfile.flush()
+                if model == "fails-mid-stream":
+                    time.sleep(0.3)
+                    error = {"type": "error", "error": {"message": MID_STREAM_MESSAGE, "type": "server_error", "param": None, "code": "server_error"}}
+                    self.wfile.write(b"event: error\ndata: " + json.dumps(error).encode() + b"\n\n")
+                    return
+                # "hangs": wait for the gateway to close the connection (EOF or reset).
+                self.connection.settimeout(20)
+                try:
+                    self.connection.recv(1)
+                except OSError:
+                    pass
+                upstream.closed_at = time.monotonic()
+                upstream.closed.set()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __enter__(self) -> FakeUpstream:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def fake_upstream() -> Iterator[FakeUpstream]:
+    with FakeUpstream() as upstream:
+        yield upstream
+
+
+@pytest.fixture(scope="module")
+def gateway_url(fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The gateway, as a process: a slow demo provider and the fake upstream."""
+    tmp = tmp_path_factory.mktemp("playground")
+    port = free_port()
+    config = {
+        "server": {"host": "127.0.0.1", "port": port, "playground": True, "shutdown_timeout": 1},
+        "providers": {
+            # Slow on purpose: partial images arrive 600 ms apart.
+            "demo": {"adapter": "demo", "options": {"latency_ms": 300, "interval_ms": 600}},
+            "fake": {"adapter": "openai", "base_url": fake_upstream.base_url, "api_key": "sk-upstream"},
+        },
+        "models": {
+            "demo-image": [{"provider": "demo"}],
+            "rate-limited": [{"provider": "fake"}],
+            "fails-mid-stream": [{"provider": "fake"}],
+            "hangs": [{"provider": "fake"}],
+        },
+        "routing": {"backoff_base": 0.01, "backoff_max": 0.05},
+    }
+    path = tmp / "pixelgate.yaml"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    log = (tmp / "gateway.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "serve", "--config", str(path)],
+        cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL, stderr=log,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/readyz", proc)
+        yield url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    # Imported here so the Node test runs even where Playwright is missing.
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        # launch() gives every browser a fresh temporary profile (user-data-dir).
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=30_000)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any, gateway_url: str) -> Iterator[Any]:
+    """The playground, loaded, with its model list in; fails the test on any uncaught page error."""
+    from playwright.sync_api import expect
+
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        page.goto(gateway_url + "/")
+        expect(page.locator("#model option[value='demo-image']")).to_have_count(1)
+        yield page
+        assert errors == [], errors
+    finally:
+        context.close()
+
+
+def _configure(page: Any, *, model: str, size: str = "256x256", partials: int = 3, n: int = 1) -> None:
+    page.get_by_label("Model").select_option(model)
+    page.get_by_label("Size").select_option(size)
+    page.get_by_label("Partial images").select_option(str(partials))
+    page.get_by_label("Number of images").fill(str(n))
+
+
+_SHOWN = """() => [...document.querySelectorAll('#images img')]
+    .filter((img) => !img.hidden)
+    .map((img) => ({state: img.dataset.state, partial: img.dataset.partialIndex ?? null, src: img.src,
+                    width: img.naturalWidth, height: img.naturalHeight}))"""
+
+
+def _seconds(text: str) -> float:
+    match = re.fullmatch(r"(\d+\.\d\d) s", text)
+    assert match, text
+    return float(match.group(1))
+
+
+@needs_node
+def test_browser_client_node_unit_tests() -> None:
+    assert NODE is not None
+    # Files named explicitly: Node >= 21 reads `--test` arguments as globs, not directories.
+    files = sorted(str(path.relative_to(ROOT)) for path in (ROOT / "tests" / "js").glob("*.test.mjs"))
+    assert len(files) >= 2, files
+    proc = subprocess.run([NODE, "--test", *files], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    # The exit status says it all (the report format differs between Node versions).
+    assert proc.returncode == 0, (proc.stdout[-6000:] + proc.stderr[-3000:])
+
+
+@needs_chromium
+def test_partial_images_sharpen_in_place_then_the_final_png(page: Any) -> None:
+    from playwright.sync_api import expect
+
+    _configure(page, model="demo-image", size="256x256", partials=3)
+    page.get_by_role("button", name="Generate").click()
+
+    # Sample what the page displays until the final image is in.
+    samples: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        shown = page.evaluate(_SHOWN)
+        assert len(shown) <= 1, "one slot for n=1: partials replace each other in place"
+        if shown:
+            samples.append(shown[0])
+            if shown[0]["state"] == "final":
+                break
+        time.sleep(0.05)
+    assert samples and samples[-1]["state"] == "final", samples[-1:] or "nothing displayed"
+
+    first_final = next(i for i, s in enumerate(samples) if s["state"] == "final")
+    partials = samples[:first_final]
+    assert all(s["state"] == "partial" for s in partials)
+    distinct = list(dict.fromkeys(s["src"] for s in partials))
+    assert len(distinct) >= 2, f"{len(distinct)} distinct partial image(s) displayed before the final one"
+    indexes = [int(s["partial"]) for s in partials]
+    assert indexes == sorted(indexes) and len(set(indexes)) >= 2, indexes
+    expect(page.locator("#images figcaption")).to_contain_text("final")
+
+    final = samples[first_final]
+    assert final["src"] not in distinct
+    assert final["src"].startswith("data:image/png;base64,")
+    # The bytes the page holds, decoded by an independent PNG decoder.
+    png = page.evaluate(
+        """async (src) => {
+            const bytes = new Uint8Array(await (await fetch(src)).arrayBuffer());
+            let text = '';
+            for (const b of bytes) text += String.fromCharCode(b);
+            return btoa(text);
+        }""",
+        final["src"],
+    )
+    with Image.open(io.BytesIO(base64.b64decode(png))) as image:
+        assert image.format == "PNG"
+        assert image.size == (256, 256)
+        image.load()
+    # And the browser decoded it at that size.
+    shown = page.evaluate(_SHOWN)[0]
+    assert (shown["width"], shown["height"]) == (256, 256)
+
+    first_partial = _seconds(page.locator("#t-partial").inner_text())
+    to_final = _seconds(page.locator("#t-final").inner_text())
+    assert 0.3 <= first_partial < to_final, (first_partial, to_final)
+    expect(page.get_by_role("status")).to_contain_text("Done")
+    expect(page.get_by_role("link", name="Download")).to_have_attribute("href", final["src"])
+
+
+@needs_chromium
+def test_an_upstream_http_error_shows_its_message(page: Any, fake_upstream: FakeUpstream) -> None:
+    from playwright.sync_api import expect
+
+    _configure(page, model="rate-limited")
+    page.get_by_role("button", name="Generate").click()
+    alert = page.get_by_role("alert")
+    expect(alert).to_contain_text(RATE_LIMIT_MESSAGE)
+    expect(alert).to_contain_text("HTTP 429")
+    expect(alert).to_contain_text("rate_limit_exceeded")
+    expect(page.get_by_role("status")).to_have_text("Failed.")
+    # Nothing was drawn: no empty image slots are left behind.
+    expect(page.locator("#images > li")).to_have_count(0)
+    assert fake_upstream.requests.count("rate-limited") >= 1
+    expect(page.get_by_role("button", name="Generate")).to_be_enabled()
+    expect(page.get_by_role("button", name="Cancel")).to_be_disabled()
+
+
+@needs_chromium
+def test_an_error_mid_stream_shows_its_message(page: Any) -> None:
+    from playwright.sync_api import expect
+
+    _configure(page, model="fails-mid-stream")
+    page.get_by_role("button", name="Generate").click()
+    # The partial shows first, then the stream's error event ends the run.
+    expect(page.locator("#images img[data-state='partial']")).to_be_visible()
+    expect(page.get_by_role("alert")).to_contain_text(MID_STREAM_MESSAGE)
+    expect(page.get_by_role("status")).to_have_text("Failed.")
+    expect(page.locator("#images figcaption")).to_contain_text("Failed")
+
+
+@needs_chromium
+def test_cancel_closes_the_upstream_request(page: Any, fake_upstream: FakeUpstream) -> None:
+    from playwright.sync_api import expect
+
+    fake_upstream.closed.clear()
+    _configure(page, model="hangs")
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#images img[data-state='partial']")).to_be_visible()
+    assert not fake_upstream.closed.is_set()
+    page.get_by_role("button", name="Cancel").click()
+    cancelled_at = time.monotonic()
+    assert fake_upstream.closed.wait(2), "the upstream connection was not closed within 2 s of Cancel"
+    assert fake_upstream.closed_at - cancelled_at < 2
+    expect(page.get_by_role("status")).to_have_text("Cancelled.")
+    expect(page.locator("#images figcaption")).to_contain_text("Cancelled")
+    expect(page.locator("#error")).to_be_empty()
+
+
+@needs_chromium
+def test_keyboard_labels_and_the_api_key_stays_in_memory(page: Any, gateway_url: str) -> None:
+    from playwright.sync_api import expect
+
+    for label in ("Prompt", "Model", "Size", "Quality", "Partial images", "API key"):
+        expect(page.get_by_label(label)).to_have_count(1)
+    expect(page.get_by_label("Number of images")).to_have_count(1)
+    expect(page.get_by_role("status")).to_have_attribute("aria-live", "polite")
+
+    requests: list[Any] = []
+    page.on("request", lambda r: requests.append(r) if "/v1/images/" in r.url else None)
+    page.get_by_label("API key").fill("sk-playground-test")
+    _configure(page, model="demo-image", partials=1)
+    # Keyboard only: Ctrl+Enter in the prompt generates, Escape cancels.
+    page.get_by_label("Prompt").focus()
+    page.keyboard.press("Control+Enter")
+    expect(page.get_by_role("button", name="Cancel")).to_be_enabled()
+    page.keyboard.press("Escape")
+    status = page.get_by_role("status")
+    expect(status).to_have_text("Cancelled.")
+    expect(page.get_by_label("Prompt")).to_be_focused()
+    # With the buttons: focus follows as Generate and Cancel swap their enabled states.
+    page.get_by_role("button", name="Generate").focus()
+    page.keyboard.press("Enter")
+    expect(status).to_contain_text("Generating")
+    expect(page.get_by_role("button", name="Cancel")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(status).to_have_text("Cancelled.")
+    expect(page.get_by_role("button", name="Generate")).to_be_focused()
+
+    assert len(requests) == 2
+    request = requests[0]
+    assert request.url == gateway_url + "/v1/images/generations"
+    assert request.headers["authorization"] == "Bearer sk-playground-test"
+    body = json.loads(request.post_data)
+    assert body == {
+        "prompt": page.get_by_label("Prompt").input_value(), "n": 1, "size": "256x256", "quality": "auto",
+        "partial_images": 1, "model": "demo-image", "stream": True,
+    }
+    assert "sk-playground-test" not in page.url
+    stored = page.evaluate("() => JSON.stringify([{...localStorage}, {...sessionStorage}, document.cookie])")
+    assert "sk-playground" not in stored
+
+
+@needs_chromium
+def test_several_images_each_in_its_slot_and_a_screenshot(page: Any) -> None:
+    from playwright.sync_api import expect
+
+    _configure(page, model="demo-image", size="512x512", partials=2, n=2)
+    page.get_by_role("button", name="Generate").click()
+    slots = page.locator("#images > li")
+    expect(slots).to_have_count(2)
+    expect(page.locator("#images img[data-state='final']")).to_have_count(2, timeout=15_000)
+    shown = page.evaluate(_SHOWN)
+    assert len({s["src"] for s in shown}) == 2
+    assert all((s["width"], s["height"]) == (512, 512) for s in shown)
+    expect(slots.nth(0).locator("figcaption")).to_contain_text("Image 1 of 2: final")
+    expect(slots.nth(1).locator("figcaption")).to_contain_text("Image 2 of 2: final")
+    expect(page.locator("#t-final-label")).to_have_text("All 2 images")
+    expect(page.get_by_role("status")).to_contain_text("Done: 2 images")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "playground.png"), full_page=True)
+    assert (ARTIFACTS / "playground.png").stat().st_size > 10_000
