@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from enum import Enum
+from enum import StrEnum
 
 import msgspec
 
@@ -25,7 +25,7 @@ from proxy.config import BreakerConfig
 __all__ = ["Breaker", "BreakerSnapshot", "State"]
 
 
-class State(str, Enum):
+class State(StrEnum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.faults import META, event, ok, raw, status
+from tests.faults import event, ok, raw, status
 
 USAGE = {"input_tokens": 10, "input_tokens_details": {"text_tokens": 7, "image_tokens": 3},
          "output_tokens": 272, "output_tokens_details": {"text_tokens": 0, "image_tokens": 272}, "total_tokens": 282}

@@ -79,7 +79,7 @@ async def _wait_ok(session: aiohttp.ClientSession, url: str, proc: subprocess.Po
             async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
                 if resp.status == 200:
                     return
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             pass
         await asyncio.sleep(0.1)
     pytest.fail(f"{url} did not answer 200 within {timeout} s:\n{_tail(log)}")
