@@ -9,7 +9,7 @@ Its options travel as request headers, which both forms honour.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import msgspec
 from msgspec import Meta
@@ -30,7 +30,7 @@ class DemoOptions(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class DemoAdapter:
-    Options = DemoOptions
+    Options: ClassVar[type[msgspec.Struct]] = DemoOptions
 
     @classmethod
     def check(cls, *, base_url: str | None, api_key: str | None, options: msgspec.Struct) -> None:

@@ -11,6 +11,7 @@ still gets the stream it asked for.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import ClassVar
 
 import msgspec
 
@@ -26,7 +27,7 @@ _MAX_SYNTH_BODY = 256 * 1024 * 1024
 
 
 class OpenAIAdapter:
-    Options = NoOptions
+    Options: ClassVar[type[msgspec.Struct]] = NoOptions
 
     @classmethod
     def check(cls, *, base_url: str | None, api_key: str | None, options: msgspec.Struct) -> None:

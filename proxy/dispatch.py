@@ -175,14 +175,14 @@ async def dispatch(
             observer.finished(attempt, outcome, len(ex.upstream.body))
             return response, route, outcome
     if not errors:
+        if not attempts:
+            raise _annotated(UpstreamTimeout("The request's routing deadline passed before any attempt."), attempts, None)
         waits = [r.breaker.retry_in() for r in routes]
-        err: GatewayError = NoProviderAvailable(
+        unavailable = NoProviderAvailable(
             "Every provider for this model is failing and temporarily out of rotation; retry later.",
             headers={"Retry-After": str(max(1, round(min(waits, default=1))))},
         )
-        if not attempts:
-            err = UpstreamTimeout("The request's routing deadline passed before any attempt.")
-        raise _annotated(err, attempts, None)
+        raise _annotated(unavailable, attempts, None)
     best, route = min(errors, key=lambda pair: _rank(pair[0]))
     raise _annotated(best, attempts, route)
 

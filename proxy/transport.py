@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol
 
 import aiohttp
@@ -34,7 +34,9 @@ __all__ = ["DemoTransport", "HttpTransport", "SchemeTransport", "Transport", "Up
 
 class UpstreamResponse(Protocol):
     status: int
-    headers: Mapping[str, str]
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
 
     async def read(self) -> bytes:
         """The next body chunk as it arrived; ``b""`` at the end."""
@@ -50,7 +52,9 @@ async def read_at_most(response: UpstreamResponse, limit: int) -> bytes:
 
 
 class Transport(Protocol):
-    def open(self, request: UpstreamRequest, provider: str, timeouts: Timeouts) -> AsyncIterator[UpstreamResponse]: ...
+    def open(
+        self, request: UpstreamRequest, provider: str, timeouts: Timeouts
+    ) -> AbstractAsyncContextManager[UpstreamResponse]: ...
 
 
 class _HttpResponse:
@@ -204,6 +208,8 @@ class SchemeTransport:
         self._http = http
         self._demo = demo
 
-    def open(self, request: UpstreamRequest, provider: str, timeouts: Timeouts) -> AsyncIterator[UpstreamResponse]:
+    def open(
+        self, request: UpstreamRequest, provider: str, timeouts: Timeouts
+    ) -> AbstractAsyncContextManager[UpstreamResponse]:
         transport = self._demo if request.url.startswith("demo:") else self._http
         return transport.open(request, provider, timeouts)

@@ -20,7 +20,7 @@ import math
 import os
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Annotated, Literal
 
 import msgspec
@@ -72,7 +72,7 @@ class DemoAnswer(msgspec.Struct):
     headers: dict[str, str]
     # Whole SSE events when streaming; body pieces otherwise (views of
     # cached payloads: the standalone server writes them without a copy).
-    chunks: AsyncIterator[bytes | memoryview]
+    chunks: AsyncGenerator[bytes | memoryview, None]
 
 
 class DemoFault(Exception):
@@ -92,7 +92,7 @@ def _error(status: int, message: str, code: str, param: str | None = None) -> De
     return DemoAnswer(status, {"Content-Type": "application/json"}, _once(body))
 
 
-async def _once(data: bytes) -> AsyncIterator[bytes]:
+async def _once(data: bytes) -> AsyncGenerator[bytes, None]:
     yield data
 
 
@@ -211,7 +211,7 @@ class DemoEngine:
         return DemoAnswer(200, headers, self._pieces(pieces, knobs.drop_after_bytes))
 
     @staticmethod
-    async def _pieces(pieces: list[bytes | memoryview], drop_after: int | None) -> AsyncIterator[bytes | memoryview]:
+    async def _pieces(pieces: list[bytes | memoryview], drop_after: int | None) -> AsyncGenerator[bytes | memoryview, None]:
         sent = 0
         for piece in pieces:
             if drop_after is not None and sent + len(piece) > drop_after:
@@ -222,7 +222,7 @@ class DemoEngine:
 
     async def _events(
         self, req: DemoRequest, knobs: Knobs, dims: tuple[int, int], latency: float, interval: float
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         n, partials = req.n or 1, req.partial_images or 0
         created = knobs.created if knobs.created is not None else int(time.time())
         meta = {"created_at": created, **self._meta(req, dims)}
