@@ -138,7 +138,8 @@ class BodyMeter:
     __slots__ = ("_images", "_scanner", "_usage", "bytes")
 
     def __init__(self) -> None:
-        self._scanner = KeyScanner(b"b64_json", b"url")
+        # Made on first use: most small bodies are metered by whole() alone.
+        self._scanner: KeyScanner | None = None
         self._images: int | None = None
         self._usage: Usage | None = None
         self.bytes = 0
@@ -160,17 +161,19 @@ class BodyMeter:
 
     def feed(self, chunk: bytes) -> None:
         self.bytes += len(chunk)
+        if self._scanner is None:
+            self._scanner = KeyScanner(b"b64_json", b"url")
         self._scanner.feed(chunk)
 
     @property
     def images(self) -> int:
-        if self._images is not None:
-            return self._images
+        if self._images is not None or self._scanner is None:
+            return self._images or 0
         counts = self._scanner.counts
         return counts[b"b64_json"] + counts[b"url"]
 
     def usage(self) -> Usage | None:
-        if self._images is not None:
+        if self._images is not None or self._scanner is None:
             return self._usage
         self._scanner.finish()
         return self._scanner.usage()
