@@ -175,15 +175,13 @@ async def relay(request: web.Request, ex: Exchange, settings: RelaySettings, out
             return client.response
         raise
     except asyncio.CancelledError:
-        if not settings.state.closing:
+        shutdown = _shutdown_error(settings)
+        if shutdown is None:
             # The client went away (aiohttp cancels its handler at once).
             outcome.error_type = "client_disconnect"
             outcome.status = 499
             raise
-        # Shutdown's grace period is over: end this response properly.
-        if (task := asyncio.current_task()) is not None:
-            task.uncancel()
-        err = GatewayShuttingDown("The gateway is shutting down; retry the request.")
+        err = shutdown
     outcome.error_type = err.error_type
     if client is None or not client.response.prepared:
         outcome.status = err.status
@@ -199,6 +197,16 @@ async def relay(request: web.Request, ex: Exchange, settings: RelaySettings, out
         log.warning("relay: body from provider %r cut short after %d bytes: %s", ex.provider, outcome.bytes_out, err.message)
         client.abort()
     return client.response
+
+
+def _shutdown_error(settings: RelaySettings) -> GatewayShuttingDown | None:
+    """For a cancellation: None if the client went away, else (shutdown's grace
+    period is over) the error that ends the response, the cancel taken back."""
+    if not settings.state.closing:
+        return None
+    if (task := asyncio.current_task()) is not None:
+        task.uncancel()
+    return GatewayShuttingDown("The gateway is shutting down; retry the request.")
 
 
 async def _read(upstream: UpstreamResponse, timeout: float) -> bytes | None:
@@ -396,12 +404,10 @@ async def _pump_events(upstream: UpstreamResponse, ex: Exchange, settings: Relay
             if framer.pending:
                 raise UpstreamProtocolError(f"provider {ex.provider!r} ended the stream in the middle of an event")
         except asyncio.CancelledError:
-            if not settings.state.closing:
+            shutdown = _shutdown_error(settings)
+            if shutdown is None:
                 raise
-            # Shutdown's grace period is over: end the stream with an error.
-            if (task := asyncio.current_task()) is not None:
-                task.uncancel()
-            raise GatewayShuttingDown("The gateway is shutting down; retry the request.") from None
+            raise shutdown from None
         except EventTooLarge as exc:
             raise UpstreamProtocolError(f"provider {ex.provider!r}: {exc} (server.max_event_bytes)") from None
     except GatewayError as err:

@@ -57,6 +57,10 @@ class Transport(Protocol):
     ) -> AbstractAsyncContextManager[UpstreamResponse]: ...
 
 
+def _first_byte_timeout(provider: str, timeouts: Timeouts) -> UpstreamTimeout:
+    return UpstreamTimeout(f"provider {provider!r} did not answer within {timeouts.first_byte:g} s (first_byte timeout)")
+
+
 class _HttpResponse:
     __slots__ = ("_content", "_provider", "headers", "status")
 
@@ -145,9 +149,7 @@ class _HttpExchange:
                     allow_redirects=False,
                 )
         except TimeoutError:
-            raise UpstreamTimeout(
-                f"provider {provider!r} did not answer within {timeouts.first_byte:g} s (first_byte timeout)"
-            ) from None
+            raise _first_byte_timeout(provider, timeouts) from None
         except aiohttp.ConnectionTimeoutError:
             raise UpstreamTimeout(f"could not connect to provider {provider!r} within {timeouts.connect:g} s") from None
         except aiohttp.ClientError as exc:
@@ -192,9 +194,7 @@ class DemoTransport:
             async with asyncio.timeout(timeouts.first_byte):
                 answer = await self._engine.answer(request.body, request.headers)
         except TimeoutError:
-            raise UpstreamTimeout(
-                f"provider {provider!r} did not answer within {timeouts.first_byte:g} s (first_byte timeout)"
-            ) from None
+            raise _first_byte_timeout(provider, timeouts) from None
         try:
             yield _DemoResponse(answer.status, answer.headers, answer.chunks)
         finally:
