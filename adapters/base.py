@@ -12,7 +12,20 @@ headers it is handed. Modelled on Envoy AI Gateway's translator interface.
     upstream status 2xx             ──►     response(status, headers)     -> ResponseHead
     every body chunk                ──►     feed(chunk)    -> bytes, or None = pass through untouched
     upstream EOF                    ──►     finish()       -> trailing bytes (may raise GatewayError)
+    then                            ──►     next_call()    -> another UpstreamRequest, or None: done
     after the exchange              ──►     usage()        -> Usage it translated away, if any
+
+Providers that answer in several calls (submit, poll, download the result)
+drive the relay through ``next_call``: a response whose head says ``collect``
+is read whole (it is a small status document) and handed to ``collected``;
+the relay then asks for the next call, waiting ``delay`` seconds first (or,
+if ``collected`` returned a head, relays what ``finish`` makes of it). Calls
+to hosts named in a provider's answer carry a ``Guard``: the relay refuses
+hosts outside it and bodies over its size, so a provider's answer cannot turn
+the gateway into an open fetcher (or send the provider key elsewhere).
+
+An adapter whose upstream cannot stream sets ``waits``: a streaming client
+then gets keep-alive comments while the upstream works (see proxy.relay).
 """
 
 from __future__ import annotations
@@ -26,7 +39,18 @@ from adapters.openai_wire import Usage
 from proxy.errors import GatewayError
 from proxy.schema import ImageGenerationRequest
 
-__all__ = ["Adapter", "NoOptions", "ResponseHead", "Translator", "UpstreamRequest"]
+__all__ = ["Adapter", "Guard", "NoOptions", "ResponseHead", "Translator", "TranslatorBase", "UpstreamRequest", "check_base_url"]
+
+
+class Guard(msgspec.Struct, frozen=True):
+    """Where a call to a provider-supplied URL may go, and how much it may bring.
+
+    ``hosts`` are exact names or ``*.suffix`` patterns. Only https, except to
+    a loopback host (tests, a local provider).
+    """
+
+    hosts: tuple[str, ...]
+    max_bytes: int = 64 * 1024 * 1024
 
 
 class UpstreamRequest(msgspec.Struct):
@@ -34,6 +58,10 @@ class UpstreamRequest(msgspec.Struct):
     url: str
     headers: dict[str, str]
     body: bytes
+    # Set on calls to URLs taken from a provider's answer (polls, downloads).
+    guard: Guard | None = None
+    # Seconds to wait before making this call (a polling interval).
+    delay: float = 0.0
 
 
 class ResponseHead(msgspec.Struct):
@@ -46,10 +74,24 @@ class ResponseHead(msgspec.Struct):
     headers: dict[str, str] = {}
     # The body bytes reach the client unchanged, so its length is known.
     passthrough: bool = True
+    # A step of a multi-call exchange: read whole (small), give to collected().
+    collect: bool = False
 
 
 class Translator(Protocol):
+    # Gateway headers for the client's response (e.g. parameters dropped).
+    headers: dict[str, str]
+    # The upstream cannot stream: keep a streaming client's connection alive.
+    waits: bool
+
     def request(self) -> UpstreamRequest: ...
+
+    def collected(self, body: bytes) -> ResponseHead | None:
+        """A collected status document; a head if it was the answer itself
+        (e.g. result URLs relayed as URLs), whose bytes ``finish`` returns."""
+        ...
+
+    def next_call(self) -> UpstreamRequest | None: ...
 
     def response(self, status: int, headers: Mapping[str, str]) -> ResponseHead: ...
 
@@ -60,6 +102,34 @@ class Translator(Protocol):
     def error(self, status: int, headers: Mapping[str, str], body: bytes) -> GatewayError: ...
 
     def usage(self) -> Usage | None: ...
+
+
+class TranslatorBase:
+    """Defaults for the single-call, as-it-comes case."""
+
+    __slots__ = ()
+
+    headers: dict[str, str] = {}  # noqa: RUF012 - never mutated; instances assign their own
+    waits = False
+
+    def collected(self, body: bytes) -> ResponseHead | None:
+        raise AssertionError(f"{type(self).__name__} asked for no collected responses")
+
+    def next_call(self) -> UpstreamRequest | None:
+        return None
+
+    def usage(self) -> Usage | None:
+        return None
+
+
+def check_base_url(base_url: str | None, *, required: bool = False) -> None:
+    """For ``Adapter.check``: an http(s) URL, if given (or if required)."""
+    if base_url is None:
+        if required:
+            raise ValueError("base_url: required for this adapter")
+        return
+    if not base_url.startswith(("http://", "https://")):
+        raise ValueError(f"base_url: must start with http:// or https://, got {base_url!r}")
 
 
 class NoOptions(msgspec.Struct, forbid_unknown_fields=True):

@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import msgspec
 
-from adapters.base import NoOptions, ResponseHead, UpstreamRequest
+from adapters.base import NoOptions, ResponseHead, TranslatorBase, UpstreamRequest
 from adapters.openai_wire import Usage, forward_headers, openai_error
 from proxy.errors import GatewayError, UpstreamProtocolError
 from proxy.schema import ImageGenerationRequest, rewrite_body
@@ -105,7 +105,7 @@ def images_to_events(body: bytes, event_type: str = "image_generation.completed"
     return bytes(out)
 
 
-class OpenAITranslator:
+class OpenAITranslator(TranslatorBase):
     __slots__ = ("_body", "_buffer", "_headers", "_model", "_provider", "_request", "_url")
 
     def __init__(

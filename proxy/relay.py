@@ -18,27 +18,47 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 
 import msgspec
-
 from aiohttp import web
 
 from adapters.base import ResponseHead, Translator, UpstreamRequest
 from adapters.openai_wire import Usage
 from proxy.config import Timeouts
-from proxy.errors import GatewayError, GatewayShuttingDown, UpstreamProtocolError, UpstreamTimeout, error_body_json, error_event
+from proxy.errors import (
+    GatewayError,
+    GatewayShuttingDown,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+    error_body_json,
+    error_event,
+)
+from proxy.meter import (
+    BodyMeter,
+    EventInfo,
+    KeyScanner,
+    add_usage,
+    classify,
+    inspect_event,
+)
+from proxy.sse import (
+    KEEPALIVE,
+    EventFramer,
+    EventTooLarge,
+    Span,
+    span_views,
+    without_unsafe_fields,
+)
 from proxy.state import GatewayState
-from proxy.meter import BodyMeter, EventInfo, KeyScanner, add_usage, classify, inspect_event
-from proxy.sse import KEEPALIVE, EventFramer, EventTooLarge, Span, span_views, without_unsafe_fields
-from proxy.transport import Transport, UpstreamResponse, read_at_most
+from proxy.transport import Transport
+from proxy.upstream import Upstream
 
 __all__ = ["ClientTooSlow", "Exchange", "Outcome", "RelaySettings", "relay"]
 
 log = logging.getLogger("pixelgate.relay")
-
-# Error bodies are small; a provider that sends a huge one gets cut here.
-_ERROR_BODY_LIMIT = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,18 +138,47 @@ class _Client:
             transport.abort()
 
 
-def _response(ex: Exchange, head: ResponseHead, upstream: UpstreamResponse) -> web.StreamResponse:
-    resp = web.StreamResponse(status=200, headers={**head.headers, **ex.headers})
+def _response(ex: Exchange, head: ResponseHead, upstream_headers: Mapping[str, str]) -> web.StreamResponse:
+    resp = web.StreamResponse(status=200, headers={**head.headers, **ex.translator.headers, **ex.headers})
     resp.content_type = head.content_type
     if head.stream:
         resp.headers["Cache-Control"] = "no-cache"
         resp.headers["X-Accel-Buffering"] = "no"
-    elif head.passthrough and "Content-Encoding" not in upstream.headers:
+    elif head.passthrough and "Content-Encoding" not in upstream_headers:
         # Unchanged bytes: the upstream's length holds, and a client can tell
         # a cut body from a whole one without chunked framing.
-        if (length := upstream.headers.get("Content-Length")) is not None and length.isdigit():
+        if (length := upstream_headers.get("Content-Length")) is not None and length.isdigit():
             resp.content_length = int(length)
     return resp
+
+
+# The head of a stream started before the upstream answered (see _keeping_alive).
+_WAITING = ResponseHead(stream=True, content_type="text/event-stream", passthrough=False)
+
+
+async def _keeping_alive(start: Awaitable[ResponseHead], client: _Client, interval: float) -> ResponseHead:
+    """Await the upstream's answer, sending the client keep-alives meanwhile.
+
+    For upstreams that cannot stream (a synchronous generation, a job being
+    polled), a streaming client would otherwise see nothing for a minute and
+    proxies in between would time the connection out. The first keep-alive
+    commits the response (200, event stream): until then errors are still
+    real statuses and failover is still possible, so quick answers lose
+    nothing; after it, errors become ``event: error`` frames.
+    """
+    task = asyncio.ensure_future(start)
+    try:
+        while True:
+            done, _ = await asyncio.wait((task,), timeout=interval)
+            if done:
+                return task.result()
+            await client.write(KEEPALIVE)
+            client.outcome.keepalives += 1
+    finally:
+        if not task.done():
+            task.cancel()
+            with suppress(BaseException):  # the relay is leaving already
+                await task
 
 
 async def relay(request: web.Request, ex: Exchange, settings: RelaySettings, outcome: Outcome) -> web.StreamResponse:
@@ -140,21 +189,30 @@ async def relay(request: web.Request, ex: Exchange, settings: RelaySettings, out
     client: _Client | None = None
     stream = False
     loop = asyncio.get_running_loop()
-    outcome.sent_at = started = loop.time()
+    outcome.sent_at = loop.time()
     try:
         async with asyncio.timeout(ex.timeouts.total) as total:
-            async with ex.transport.open(ex.upstream, ex.provider, ex.timeouts) as upstream:
-                outcome.headers_after = loop.time() - started
-                if not 200 <= upstream.status < 300:
-                    body = await read_at_most(upstream, _ERROR_BODY_LIMIT)
-                    raise ex.translator.error(upstream.status, upstream.headers, body)
-                head = ex.translator.response(upstream.status, upstream.headers)
+            upstream = Upstream(ex, outcome)
+            try:
+                if ex.translator.waits and settings.keepalive_interval:
+                    stream = True
+                    client = _Client(request, _response(ex, _WAITING, {}), outcome, settings.write_timeout)
+                    head = await _keeping_alive(upstream.start(), client, settings.keepalive_interval)
+                    if not client.response.prepared:
+                        client = None
+                else:
+                    head = await upstream.start()
                 stream = head.stream
-                client = _Client(request, _response(ex, head, upstream), outcome, settings.write_timeout)
+                if client is None:
+                    client = _Client(request, _response(ex, head, upstream.headers), outcome, settings.write_timeout)
                 if stream:
                     await _pump_events(upstream, ex, settings, client)
                 else:
                     await _pump_body(upstream, ex, client)
+            except BaseException as exc:
+                await upstream.close(exc)
+                raise
+            await upstream.close(None)
         outcome.status = 200
         return client.response
     except TimeoutError:
@@ -209,8 +267,8 @@ def _shutdown_error(settings: RelaySettings) -> GatewayShuttingDown | None:
     return GatewayShuttingDown("The gateway is shutting down; retry the request.")
 
 
-async def _read(upstream: UpstreamResponse, timeout: float) -> bytes | None:
-    """The next chunk, or ``None`` if ``timeout`` passed first."""
+async def _read(upstream: Upstream, timeout: float) -> tuple[bytes, bool] | None:
+    """The next bytes and whether they end it, or ``None`` if ``timeout`` passed first."""
     try:
         async with asyncio.timeout(timeout):
             return await upstream.read()
@@ -241,7 +299,7 @@ def _check_first(provider: str, data: bytes, whole: bool, meter: BodyMeter) -> N
         meter.feed(data)
 
 
-async def _pump_body(upstream: UpstreamResponse, ex: Exchange, client: _Client) -> None:
+async def _pump_body(upstream: Upstream, ex: Exchange, client: _Client) -> None:
     loop = asyncio.get_running_loop()
     meter = BodyMeter()
     idle = ex.timeouts.idle
@@ -249,26 +307,29 @@ async def _pump_body(upstream: UpstreamResponse, ex: Exchange, client: _Client) 
     # body came whole and is checked before anything reaches the client.
     held: bytes | None = None
     while True:
-        chunk = await _read(upstream, idle)
-        if chunk is None:
+        piece = await _read(upstream, idle)
+        if piece is None:
             raise UpstreamTimeout(f"provider {ex.provider!r} sent nothing for {idle:g} s (idle timeout)")
-        out = ex.translator.feed(chunk) if chunk else ex.translator.finish()
-        data = chunk if out is None else out
+        data, end = piece
         if not client.response.prepared:
-            if held is None and chunk:
-                held = data
+            if held is None and not end:
+                held = data or None
                 continue
-            first = held if held is not None else data
+            if held is None:
+                first, data = data, b""
+            elif end and data:
+                # A translated body's closing bytes: whole, it is checked whole.
+                first, data = held + data, b""
+            else:
+                first = held
             read_at = loop.time()
-            _check_first(ex.provider, first, not chunk, meter)
+            _check_first(ex.provider, first, end, meter)
             await client.write(first)
             client.outcome.response_overhead = loop.time() - read_at
-            if held is None:
-                data = b""
         if data:
             meter.feed(data)
             await client.write(data)
-        if not chunk:
+        if end:
             break
     await client.response.write_eof()
     client.outcome.completed_at = loop.time()
@@ -319,7 +380,7 @@ class _CutThrough:
 _HEAD = 256
 
 
-async def _pump_events(upstream: UpstreamResponse, ex: Exchange, settings: RelaySettings, client: _Client) -> None:
+async def _pump_events(upstream: Upstream, ex: Exchange, settings: RelaySettings, client: _Client) -> None:
     loop = asyncio.get_running_loop()
     framer = EventFramer(settings.max_event_bytes)
     idle, keepalive = ex.timeouts.idle, settings.keepalive_interval
@@ -352,9 +413,9 @@ async def _pump_events(upstream: UpstreamResponse, ex: Exchange, settings: Relay
                 # Keep-alives only between whole events: never inside a half-sent one.
                 if keepalive and not framer.pending:
                     wait = min(wait, keepalive - (now - last_write))
-                chunk = await _read(upstream, max(wait, 0))
+                piece = await _read(upstream, max(wait, 0))
                 now = loop.time()
-                if chunk is None:
+                if piece is None:
                     if now - last_read >= idle:
                         raise UpstreamTimeout(f"provider {ex.provider!r} sent nothing for {idle:g} s (idle timeout)")
                     await client.write(KEEPALIVE)
@@ -362,8 +423,7 @@ async def _pump_events(upstream: UpstreamResponse, ex: Exchange, settings: Relay
                     last_write = now
                     continue
                 last_read = now
-                out = ex.translator.feed(chunk) if chunk else ex.translator.finish()
-                data = chunk if out is None else out
+                data, end = piece
                 for spans in framer.feed(data) if data else ():
                     if through is not None:
                         # The rest of an event already on its way.
@@ -399,7 +459,7 @@ async def _pump_events(upstream: UpstreamResponse, ex: Exchange, settings: Relay
                         await _write_spans(client, spans)
                 if through is not None or data:
                     last_write = loop.time()
-                if not chunk:
+                if end:
                     break
             if framer.pending:
                 raise UpstreamProtocolError(f"provider {ex.provider!r} ended the stream in the middle of an event")

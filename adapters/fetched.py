@@ -1,0 +1,146 @@
+"""The translator for providers whose images are files behind URLs.
+
+Black Forest Labs, fal and Replicate take a job, say when it is done, and
+give result URLs. The exchange is: submit, poll (each answer a small status
+document the relay collects), then one download per image, each
+base64-encoded as it arrives (``adapters.b64``) into the client's
+``b64_json``. Every URL taken from an answer carries a ``Guard``: polls may
+only go to the provider's API hosts (they carry its key), downloads only to
+its file hosts, and never with the key.
+
+When the client asked for ``response_format: url`` without streaming, the
+URLs are relayed as given instead of downloaded (they expire: minutes for
+BFL, hours for Replicate and fal).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
+
+from adapters.b64 import Base64Encoder
+from adapters.base import Guard, ResponseHead, TranslatorBase, UpstreamRequest
+from adapters.images_out import ImagesWriter
+from adapters.params import Policy
+from adapters.tapped import json_media
+from proxy.errors import UpstreamProtocolError
+
+__all__ = ["FetchOptions", "FetchingTranslator", "Step"]
+
+
+class FetchOptions(msgspec.Struct, forbid_unknown_fields=True):
+    unsupported: Policy = "reject"
+    # Seconds between status polls.
+    poll_interval: Annotated[float, Meta(ge=0, le=60)] = 0.5
+    # Hosts result files may come from (exact, or "*.suffix"); empty: the adapter's defaults.
+    fetch_hosts: list[str] = []
+    # Hosts status polls may go to (they carry the key); empty: the adapter's defaults.
+    poll_hosts: list[str] = []
+    max_fetch_bytes: Annotated[int, Meta(gt=0)] = 64 * 1024 * 1024
+
+
+# What a status document says: poll again (this call), or the result URLs.
+Step = UpstreamRequest | list[str]
+
+_IMAGE_TYPES = ("image/", "application/octet-stream", "binary/octet-stream")
+
+
+class FetchingTranslator(TranslatorBase):
+    """Subclasses implement ``step`` (read a status document) and ``error``."""
+
+    __slots__ = (
+        "_as_urls", "_download_guard", "_encoder", "_first", "_next", "_opened", "_urls", "downloading",
+        "headers", "provider", "waits", "writer",
+    )
+
+    def __init__(
+        self,
+        provider: str,
+        first: UpstreamRequest,
+        writer: ImagesWriter,
+        headers: dict[str, str],
+        download_guard: Guard,
+        *,
+        as_urls: bool,
+    ) -> None:
+        self.provider = provider
+        self.headers = headers
+        self.writer = writer
+        self.waits = writer.stream
+        self._first = first
+        self._download_guard = download_guard
+        self._as_urls = as_urls and not writer.stream
+        self._next: UpstreamRequest | None = None
+        self._urls: deque[str] = deque()
+        self._encoder = Base64Encoder()
+        self._opened = False
+        self.downloading = False
+
+    def step(self, body: bytes) -> Step:
+        raise NotImplementedError
+
+    def request(self) -> UpstreamRequest:
+        return self._first
+
+    def _head(self, collect: bool = False) -> ResponseHead:
+        content_type = "text/event-stream" if self.writer.stream else "application/json"
+        return ResponseHead(stream=self.writer.stream, content_type=content_type, passthrough=False, collect=collect)
+
+    def response(self, status: int, headers: Mapping[str, str]) -> ResponseHead:
+        if not self.downloading:
+            json_media(self.provider, status, headers)
+            return self._head(collect=True)
+        media = headers.get("Content-Type", "").lower()
+        if media and not media.startswith(_IMAGE_TYPES):
+            raise UpstreamProtocolError(f"provider {self.provider!r} served a result file of type {media!r}, not an image")
+        self._encoder = Base64Encoder()
+        self._opened = False
+        return self._head()
+
+    def collected(self, body: bytes) -> ResponseHead | None:
+        step = self.step(body)
+        if isinstance(step, UpstreamRequest):
+            self._next = step
+            return None
+        if not step:
+            raise UpstreamProtocolError(f"provider {self.provider!r} finished the job without any image")
+        self._urls = deque(step)
+        if self._as_urls:
+            return self._head()
+        self._next = self._download(self._urls.popleft())
+        return None
+
+    def next_call(self) -> UpstreamRequest | None:
+        call, self._next = self._next, None
+        return call
+
+    def feed(self, chunk: bytes) -> bytes:
+        out = self._encoder.feed(chunk)
+        if not self._opened:
+            self._opened = True
+            return self.writer.open() + out
+        return out
+
+    def finish(self) -> bytes:
+        if self._as_urls:
+            out = b"".join(self.writer.url(url) for url in self._urls)
+            return out + self.writer.finish(None)
+        if not self.downloading:
+            return b""
+        if not self._opened:
+            raise UpstreamProtocolError(f"provider {self.provider!r} served an empty result file")
+        self.downloading = False
+        out = self._encoder.finish() + self.writer.close()
+        if self._urls:
+            self._next = self._download(self._urls.popleft())
+            return out
+        return out + self.writer.finish(None)
+
+    def _download(self, url: str) -> UpstreamRequest:
+        # No provider headers: the key stays with the provider's API hosts.
+        self.downloading = True
+        return UpstreamRequest("GET", url, {}, b"", guard=self._download_guard)

@@ -1,0 +1,83 @@
+"""The translator for providers that answer one JSON document with base64 inside.
+
+Gemini, Imagen, Together, xAI and Stability (JSON mode) all do. The document
+runs through a ``JsonTap``: the image strings go straight into the client's
+``b64_json`` (body or completed events) as they arrive, and the rest, the
+skeleton, is decoded when the document ends, by the adapter's ``complete``,
+which turns finish reasons, filters and usage into OpenAI's terms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from adapters.base import ResponseHead, TranslatorBase, UpstreamRequest
+from adapters.images_out import ImagesWriter
+from adapters.jsontap import Close, JsonTap, Open, Path
+from proxy.errors import UpstreamProtocolError
+
+__all__ = ["TappedTranslator", "json_media", "malformed"]
+
+
+def malformed(provider: str, exc: Exception) -> UpstreamProtocolError:
+    return UpstreamProtocolError(f"provider {provider!r} answered with malformed JSON: {exc}")
+
+
+def json_media(provider: str, status: int, headers: Mapping[str, str]) -> None:
+    """Refuse a success that is not JSON (an HTML page from a proxy, say)."""
+    media = headers.get("Content-Type", "").partition(";")[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise UpstreamProtocolError(
+            f"provider {provider!r} answered HTTP {status} with Content-Type {media or 'none'!r}, not JSON"
+        )
+
+
+class TappedTranslator(TranslatorBase):
+    """Subclasses set ``select`` (which strings are images) and ``complete``."""
+
+    __slots__ = ("_call", "_tap", "headers", "provider", "waits", "writer")
+
+    def __init__(
+        self,
+        provider: str,
+        call: UpstreamRequest,
+        writer: ImagesWriter,
+        select: Callable[[Path], bool],
+        headers: dict[str, str],
+    ) -> None:
+        self.provider = provider
+        self._call = call
+        self.writer = writer
+        self._tap = JsonTap(select)
+        self.headers = headers
+        self.waits = writer.stream
+
+    def request(self) -> UpstreamRequest:
+        return self._call
+
+    def response(self, status: int, headers: Mapping[str, str]) -> ResponseHead:
+        json_media(self.provider, status, headers)
+        if self.writer.stream:
+            return ResponseHead(stream=True, content_type="text/event-stream", passthrough=False)
+        return ResponseHead(stream=False, content_type="application/json", passthrough=False)
+
+    def feed(self, chunk: bytes) -> bytes:
+        pieces = self._tap.feed(chunk)
+        if len(pieces) == 1 and type(pieces[0]) is bytes:
+            return pieces[0]  # the common case: the middle of an image
+        out = bytearray()
+        for piece in pieces:
+            if isinstance(piece, Open):
+                out += self.writer.open()
+            elif isinstance(piece, Close):
+                out += self.writer.close()
+            else:
+                out += piece
+        return bytes(out)
+
+    def finish(self) -> bytes:
+        return self.complete(self._tap.finish())
+
+    def complete(self, skeleton: bytes) -> bytes:
+        """The end of the answer: raise its error, or return the closing bytes."""
+        raise NotImplementedError

@@ -1,0 +1,167 @@
+"""The upstream side of one exchange, read as the bytes the client gets.
+
+Most providers answer in one call. Some answer in several: submit a job, poll
+its status, download the result (one download per image). ``Upstream`` runs
+whichever sequence the translator asks for (``next_call``) and hands the relay
+one stream of client-shaped bytes, so the relay's pumps, framing, metering
+and error handling are the same for all of them.
+
+Two rules keep it safe under the relay's timers:
+
+- Reads can be interrupted (a keep-alive or idle timer cancels the wait) and
+  resumed. Opening the next call of a sequence runs as its own task and is
+  awaited through ``asyncio.shield``, so an interrupted wait never leaves a
+  connect half-done.
+- Calls to URLs taken from a provider's answer are checked against the
+  adapter's ``Guard`` before connecting, and their bodies are cut at its size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager, suppress
+from typing import TYPE_CHECKING
+
+from adapters.base import Guard, ResponseHead, UpstreamRequest
+from proxy.errors import UpstreamProtocolError, UpstreamTimeout
+from proxy.guard import check_url
+from proxy.transport import UpstreamResponse, read_at_most
+
+__all__ = ["ERROR_BODY_LIMIT", "Upstream"]
+
+# Error bodies are small; a provider that sends a huge one gets cut here.
+ERROR_BODY_LIMIT = 64 * 1024
+# A status document of a multi-call exchange (job ids, polling URLs).
+_COLLECT_LIMIT = 1024 * 1024
+
+if TYPE_CHECKING:
+    from proxy.relay import Exchange, Outcome
+
+
+class _Answered:
+    """Stands for a response already read whole: the translator has it."""
+
+    status = 200
+    headers: Mapping[str, str] = {}
+
+    async def read(self) -> bytes:
+        return b""
+
+
+_ANSWERED = _Answered()
+
+
+class Upstream:
+    __slots__ = ("_cm", "_count", "_ex", "_guard", "_opening", "_outcome", "_response", "_started", "headers")
+
+    def __init__(self, ex: Exchange, outcome: Outcome) -> None:
+        self._ex = ex
+        self._outcome = outcome
+        self._cm: AbstractAsyncContextManager[UpstreamResponse] | None = None
+        self._response: UpstreamResponse | None = None
+        self._guard: Guard | None = None
+        self._count = 0
+        self._opening: asyncio.Future[ResponseHead] | None = None
+        self._started = asyncio.get_running_loop().time()
+        # The headers of the response whose body is being relayed.
+        self.headers: Mapping[str, str] = {}
+
+    async def start(self) -> ResponseHead:
+        """Make the exchange's calls up to the first one that brings content."""
+        return await self._calls(self._ex.upstream)
+
+    async def read(self) -> tuple[bytes, bool]:
+        """The next client-shaped bytes (possibly none yet), and whether that was the end."""
+        if self._opening is not None:
+            # Resumable: an interrupted wait leaves the task running.
+            await asyncio.shield(self._opening)
+            self._opening = None
+        assert self._response is not None
+        translator = self._ex.translator
+        chunk = await self._response.read()
+        if chunk:
+            if self._guard is not None:
+                self._count += len(chunk)
+                self._check_size(self._guard)
+            out = translator.feed(chunk)
+            return (chunk if out is None else out), False
+        tail = translator.finish()
+        await self._close(None)
+        call = translator.next_call()
+        if call is None:
+            return tail, True
+        self._opening = asyncio.ensure_future(self._calls(call))
+        return tail, False
+
+    async def close(self, exc: BaseException | None) -> None:
+        """End the exchange: an error closes the connection, a clean end releases it."""
+        if self._opening is not None and not self._opening.done():
+            self._opening.cancel()
+            with suppress(BaseException):  # its outcome no longer matters
+                await self._opening
+        elif self._opening is not None and not self._opening.cancelled():
+            self._opening.exception()  # retrieved: no "never retrieved" warning
+        await self._close(exc)
+
+    async def _calls(self, call: UpstreamRequest) -> ResponseHead:
+        ex = self._ex
+        translator = ex.translator
+        loop = asyncio.get_running_loop()
+        while True:
+            if call.delay > 0:
+                await asyncio.sleep(call.delay)
+            if call.guard is not None:
+                check_url(call.url, call.guard, ex.provider)
+            cm = ex.transport.open(call, ex.provider, ex.timeouts)
+            response = await cm.__aenter__()
+            self._cm, self._response, self._guard, self._count = cm, response, call.guard, 0
+            if self._outcome.headers_after is None:
+                self._outcome.headers_after = loop.time() - self._started
+            if not 200 <= response.status < 300:
+                body = await read_at_most(response, ERROR_BODY_LIMIT)
+                raise translator.error(response.status, response.headers, body)
+            if call.guard is not None:
+                length = response.headers.get("Content-Length", "")
+                if length.isdigit():
+                    self._count = int(length)
+                    self._check_size(call.guard)
+                    self._count = 0
+            head = translator.response(response.status, response.headers)
+            if not head.collect:
+                self.headers = response.headers
+                return head
+            body = await self._collect(response)
+            await self._close(None)
+            answered = translator.collected(body)
+            if answered is not None:
+                # The document was the answer: finish() makes its bytes.
+                self._response, self.headers = _ANSWERED, {}
+                return answered
+            next_call = translator.next_call()
+            if next_call is None:
+                raise UpstreamProtocolError(f"provider {ex.provider!r} finished its exchange without an image")
+            call = next_call
+
+    async def _collect(self, response: UpstreamResponse) -> bytes:
+        idle = self._ex.timeouts.idle
+        try:
+            async with asyncio.timeout(idle):
+                body = await read_at_most(response, _COLLECT_LIMIT + 1)
+        except TimeoutError:
+            raise UpstreamTimeout(f"provider {self._ex.provider!r} sent nothing for {idle:g} s (idle timeout)") from None
+        if len(body) > _COLLECT_LIMIT:
+            raise UpstreamProtocolError(f"provider {self._ex.provider!r} sent a status document over {_COLLECT_LIMIT} bytes")
+        return body
+
+    def _check_size(self, guard: Guard) -> None:
+        if self._count > guard.max_bytes:
+            raise UpstreamProtocolError(
+                f"provider {self._ex.provider!r} returned a file over the {guard.max_bytes}-byte limit "
+                "(the provider's options.max_fetch_bytes)"
+            )
+
+    async def _close(self, exc: BaseException | None) -> None:
+        cm, self._cm = self._cm, None
+        if cm is not None:
+            await cm.__aexit__(None if exc is None else type(exc), exc, None)

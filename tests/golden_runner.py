@@ -1,0 +1,191 @@
+"""Golden cases for adapters: recorded provider exchanges, no sockets.
+
+Each ``tests/golden/<adapter>/<case>.yaml`` holds a client request, the
+upstream calls the adapter must make (checked field by field) with the
+answers the provider gave, and what the client must get: a JSON body, SSE
+events, or an error. The case runs through the real ``proxy.upstream``
+driver (the relay's multi-call logic) over an in-memory transport, with the
+provider's body cut into chunks three ways (whole, 4 KiB, 7 bytes): the
+client bytes must not depend on where the chunks break.
+
+Placeholders in strings: ``$B64`` is the base64 of ``IMAGE`` and ``$IMAGE``
+(as a whole ``body``) is ``IMAGE`` itself, for providers that answer with files.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import yaml
+from multidict import CIMultiDict
+
+from adapters import REGISTRY
+from adapters.base import UpstreamRequest
+from proxy.config import Timeouts
+from proxy.errors import GatewayError
+from proxy.relay import Exchange, Outcome
+from proxy.schema import decode_request
+from proxy.upstream import Upstream
+
+GOLDEN = Path(__file__).parent / "golden"
+IMAGE = bytes(range(256)) * 97 + b"\x89PNG tail"  # not a multiple of 3: padding is exercised
+B64 = base64.b64encode(IMAGE).decode()
+CREATED = 1700000000
+CHUNKINGS = (None, 4096, 7)
+
+
+def cases() -> list[Path]:
+    return sorted(GOLDEN.glob("*/*.yaml"))
+
+
+def _fill(node: Any) -> Any:
+    if isinstance(node, str):
+        return node.replace("$B64", B64)
+    if isinstance(node, dict):
+        return {k: _fill(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_fill(v) for v in node]
+    return node
+
+
+class _Response:
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes, chunk: int | None) -> None:
+        self.status = status
+        self.headers = CIMultiDict(headers)
+        step = chunk or max(len(body), 1)
+        self._chunks = [body[i : i + step] for i in range(0, len(body), step)]
+
+    async def read(self) -> bytes:
+        return self._chunks.pop(0) if self._chunks else b""
+
+
+def _multipart_fields(request: UpstreamRequest) -> dict[str, str]:
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    content_type = request.headers.get("Content-Type", "")
+    msg = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + request.body)
+    return {part.get_param("name", header="content-disposition"): part.get_content() for part in msg.iter_parts()}
+
+
+def check_call(expect: Mapping[str, Any], request: UpstreamRequest) -> None:
+    where = f"call to {request.url}"
+    if "method" in expect:
+        assert request.method == expect["method"], where
+    if "url" in expect:
+        assert request.url == expect["url"], where
+    sent = CIMultiDict(request.headers)
+    for name, value in expect.get("headers", {}).items():
+        if value is None:
+            assert name not in sent, f"{where}: header {name} must not be sent"
+        else:
+            assert sent.get(name) == value, f"{where}: header {name}: {sent.get(name)!r} != {value!r}"
+    if "json" in expect:
+        assert json.loads(request.body) == expect["json"], where
+    if "multipart" in expect:
+        assert _multipart_fields(request) == expect["multipart"], where
+    if "delay" in expect:
+        assert request.delay == expect["delay"], where
+    if expect.get("guarded"):
+        assert request.guard is not None, f"{where}: a provider-supplied URL must carry a guard"
+
+
+class RecordedTransport:
+    def __init__(self, calls: list[dict[str, Any]], chunk: int | None) -> None:
+        self._calls = list(calls)
+        self._chunk = chunk
+        self.made = 0
+
+    @asynccontextmanager
+    async def open(self, request: UpstreamRequest, provider: str, timeouts: Timeouts) -> AsyncIterator[_Response]:
+        assert self._calls, f"unexpected extra call to {request.url}"
+        call = self._calls.pop(0)
+        self.made += 1
+        check_call(call.get("expect", {}), request)
+        respond = call["respond"]
+        body = respond.get("body", "")
+        raw = IMAGE if body == "$IMAGE" else body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        yield _Response(respond.get("status", 200), respond.get("headers", {}), raw, self._chunk)
+
+    def left(self) -> int:
+        return len(self._calls)
+
+
+def _events(data: bytes) -> list[dict[str, Any]]:
+    out = []
+    for block in data.split(b"\n\n"):
+        if not block.strip():
+            continue
+        event: dict[str, Any] = {}
+        for line in block.split(b"\n"):
+            name, _, value = line.partition(b": ")
+            if name == b"event":
+                event["event"] = value.decode()
+            elif name == b"data":
+                event["data"] = json.loads(value)
+        out.append(event)
+    return out
+
+
+async def run_case(path: Path, chunk: int | None) -> tuple[bytes, dict[str, str]]:
+    spec = _fill(yaml.safe_load(path.read_text()))
+    adapter_cls = REGISTRY[spec["adapter"]]
+    provider = spec.get("provider", {})
+    options = msgspec.convert(provider.get("options", {}), adapter_cls.Options)
+    adapter = adapter_cls(
+        name="golden",
+        base_url=provider.get("base_url"),
+        api_key=provider.get("api_key", "test-key"),
+        headers=provider.get("headers", {}),
+        options=options,
+    )
+    if hasattr(adapter, "clock"):
+        adapter.clock = lambda: CREATED
+    body = json.dumps(spec["request"]).encode()
+    request = decode_request(body)
+    expected_error = spec.get("error")
+    try:
+        translator = adapter.translator(request, body, spec.get("upstream_model", "upstream-model"), "req-golden")
+        transport = RecordedTransport(spec.get("calls", []), chunk)
+        ex = Exchange("golden", translator, translator.request(), transport, Timeouts(), {})  # type: ignore[arg-type]
+        upstream = Upstream(ex, Outcome())
+        out = bytearray()
+        try:
+            await upstream.start()
+            while True:
+                data, end = await upstream.read()
+                out += data
+                if end:
+                    break
+        finally:
+            await upstream.close(None)
+    except GatewayError as err:
+        assert expected_error is not None, f"unexpected error: {err.status} {err.code} {err.message}"
+        assert err.status == expected_error["status"], (err.status, err.message)
+        for field in ("type", "code", "param"):
+            if field in expected_error:
+                assert getattr(err, field) == expected_error[field], (field, getattr(err, field), err.message)
+        if "message" in expected_error:
+            assert expected_error["message"] in err.message, err.message
+        for name, value in expected_error.get("headers", {}).items():
+            assert err.headers.get(name) == value, (name, err.headers)
+        return b"", {}
+    assert expected_error is None, f"expected an error, got {bytes(out[:200])!r}"
+    assert transport.left() == 0, "the adapter made fewer calls than recorded"
+    client = spec["client"]
+    if "json" in client:
+        assert json.loads(out) == client["json"]
+    if "events" in client:
+        assert _events(bytes(out)) == client["events"]
+    for name, value in client.get("headers", {}).items():
+        assert translator.headers.get(name) == value, (name, translator.headers)
+    if "usage" in spec:
+        usage = translator.usage()
+        assert (msgspec.to_builtins(usage) if usage else None) == spec["usage"]
+    return bytes(out), dict(translator.headers)
