@@ -24,12 +24,14 @@ run: $(VENV)/.runtime
 	$(BIN)/pixelgate serve --host $(HOST) --port $(PORT)
 
 # Debian packages the tests use: a real Prometheus (and promtool), Chromium and a
-# font for the playground's browser tests, Node.js for the browser client's unit tests.
-DEB_PACKAGES := prometheus chromium fonts-liberation nodejs
+# font for the playground's browser tests, Node.js for the browser client's unit tests,
+# and redis-server for the shared-limits tests (each session starts its own).
+DEB_PACKAGES := prometheus chromium fonts-liberation nodejs redis-server
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 deb-packages:
 	@command -v promtool >/dev/null 2>&1 && [ -x /usr/bin/chromium ] && command -v node >/dev/null 2>&1 \
+	  && command -v redis-server >/dev/null 2>&1 \
 	  || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends $(DEB_PACKAGES); }
 
 test: $(VENV)/.test deb-packages

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from proxy.config import Price
     from proxy.dispatch import Attempt
 
-__all__ = ["ERROR_TYPES", "OTHER", "Metrics", "RequestRecord", "cost_usd", "exposition", "token_counts"]
+__all__ = ["AUTH_FAILURES", "ERROR_TYPES", "LIMITS", "OTHER", "Metrics", "RequestRecord", "cost_usd", "exposition", "token_counts"]
 
 OTHER = "other"
 
@@ -48,8 +48,17 @@ ERROR_TYPES = frozenset(
         "shutdown",
         "invalid_request",
         "internal",
+        # Access control (proxy.access): refused before any upstream attempt.
+        "unauthorized",
+        "over_limit",
+        "limits_unavailable",
     }
 )
+
+# Why access control refused a request (pixelgate_auth_failures_total).
+AUTH_FAILURES = frozenset({"missing", "malformed", "invalid", "revoked", "model_not_allowed", "origin_not_allowed"})
+# Which per-key limit refused it (pixelgate_limit_rejections_total).
+LIMITS = frozenset({"requests_per_minute", "images_per_minute", "concurrent_streams", "budget"})
 
 # Circuit breaker states as gauge values.
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
@@ -96,6 +105,8 @@ class RequestRecord:
     bytes_out: int = 0
     keepalives: int = 0
     cost_usd: float | None = None
+    # The gateway key's configured name (never the key itself).
+    key: str | None = None
 
 
 def token_counts(usage: Usage) -> dict[tuple[str, str], int]:
@@ -199,6 +210,21 @@ class Metrics:
             "pixelgate_breaker_state", "Circuit breaker state per deployment: 0 closed, 1 half-open, 2 open.", pm,
             registry=registry, multiprocess_mode="max",
         )
+        self.auth_failures = counter(
+            "pixelgate_auth_failures",
+            "Requests refused by access control: missing, malformed, invalid or revoked key, model or origin not allowed.",
+            ["reason"],
+        )
+        # `key` is a key's configured name: a bounded set, and never key material.
+        self.limit_rejections = counter(
+            "pixelgate_limit_rejections", "Requests refused by a per-key limit, by key name and limit.", ["key", "limit"]
+        )
+        self.limit_backend_errors = counter(
+            "pixelgate_limit_backend_errors",
+            "Limit backend (Redis) failures by operation (admit, settle) and what the gateway did: rejected "
+            "(fail closed, 503), admitted (fail open), skipped (a correction, release or charge was lost).",
+            ["operation", "action"],
+        )
         for model in self._models:
             self.priced.labels(model).set(1 if model in self._prices else 0)
 
@@ -243,6 +269,15 @@ class Metrics:
 
     def breaker_state(self, provider: str, model: str, state: str) -> None:
         self._child(self.breaker, self.provider_label(provider), self.model_label(model)).set(BREAKER_STATES[state])
+
+    def auth_failure(self, reason: str) -> None:
+        self._child(self.auth_failures, reason if reason in AUTH_FAILURES else OTHER).inc()
+
+    def limit_rejected(self, key: str, limit: str) -> None:
+        self._child(self.limit_rejections, key, limit if limit in LIMITS else OTHER).inc()
+
+    def limit_backend_error(self, operation: str, action: str) -> None:
+        self._child(self.limit_backend_errors, operation, action).inc()
 
     def observe_request(self, r: RequestRecord) -> None:
         p, m, s = self.provider_label(r.provider), self.model_label(r.model), "true" if r.stream else "false"

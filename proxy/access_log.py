@@ -1,9 +1,10 @@
 """One JSON line per generation request, on the ``pixelgate.access`` logger.
 
 What is logged: request id, provider, models, status, stream, durations by
-stage, usage, images, bytes, error type, cost, the worker's pid. What never
-is: provider keys, the client's headers, and prompts, unless the operator
-turns ``server.log_prompts`` on.
+stage, usage, images, bytes, error type, cost, the worker's pid, and the
+gateway key's configured name. What never is: provider keys, gateway keys (or
+any part of one), the client's headers, and prompts, unless the operator turns
+``server.log_prompts`` on.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class _Line(msgspec.Struct, omit_defaults=True):
     usage: Usage | None = None
     cost_usd: float | None = None
     error_type: str | None = None
+    key: str | None = None
     prompt: str | None = None
 
 
@@ -81,6 +83,7 @@ def log_request(r: RequestRecord, prompt: str | None = None) -> None:
         usage=r.usage,
         cost_usd=r.cost_usd,
         error_type=r.error_type,
+        key=r.key,
         prompt=prompt,
     )
     log.info("%s", _encoder.encode(line).decode())

@@ -6,15 +6,17 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from metrics import Metrics
+from proxy.access.control import AccessControl, Client
 from proxy.breaker import Breaker
 from proxy.config import Config
 from proxy.relay import RelaySettings
 from proxy.routing import Router
 from proxy.state import GatewayState
 
-__all__ = ["BREAKERS", "CONFIG", "METRICS", "REGISTRY", "RELAY_SETTINGS", "REQUEST_ID", "ROUTER", "STATE"]
+__all__ = ["ACCESS", "BREAKERS", "CLIENT", "CONFIG", "METRICS", "REGISTRY", "RELAY_SETTINGS", "REQUEST_ID", "RESPONSE_HEADERS", "ROUTER", "STATE"]
 
 
+ACCESS = web.AppKey("access", AccessControl)
 BREAKERS = web.AppKey("breakers", dict[tuple[str, int], Breaker])
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
@@ -23,3 +25,7 @@ RELAY_SETTINGS = web.AppKey("relay_settings", RelaySettings)
 ROUTER = web.AppKey("router", Router)
 STATE = web.AppKey("state", GatewayState)
 REQUEST_ID = web.RequestKey("request_id", str)
+# The request's gateway key, once authenticated (absent in open mode).
+CLIENT = web.RequestKey("client", Client)
+# Headers decided before the response exists (CORS, x-ratelimit-*), added as it is prepared.
+RESPONSE_HEADERS = web.RequestKey("response_headers", dict[str, str])

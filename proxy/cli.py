@@ -29,7 +29,36 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=9090)
     demo.add_argument("--latency-ms", type=float, default=0.0, help="delay before each answer starts")
     demo.add_argument("--interval-ms", type=float, default=0.0, help="delay between streamed events")
+    keys = sub.add_parser("keys", help="gateway keys for access.keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    hash_ = keys_sub.add_parser(
+        "hash", help="print the config hash of a key read from stdin, or of a new key (--generate)"
+    )
+    hash_.add_argument("--generate", action="store_true", help="make a new random key and print it with its hash")
     return parser
+
+
+def _keys_hash(generate: bool) -> int:
+    """Keys are shown once (the new one, on stdout) and never stored: only the hash goes in config."""
+    from proxy.access.keys import generate_key, hash_key
+
+    if generate:
+        key = generate_key()
+        print(f"key:  {key}")
+        print(f"hash: {hash_key(key)}")
+        return 0
+    if sys.stdin.isatty():
+        import getpass
+
+        key = getpass.getpass("key: ")
+    else:
+        key = sys.stdin.readline()
+    try:
+        print(hash_key(key.strip()))
+    except ValueError as exc:
+        print(f"pixelgate: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -64,6 +93,8 @@ def _setup_logging() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "keys":
+        return _keys_hash(args.generate)
     _setup_logging()
     if args.command == "demo-upstream":
         from proxy.demo.server import run_demo

@@ -18,8 +18,10 @@ import yaml
 from msgspec import Meta
 
 from adapters import REGISTRY
+from proxy.access.config import AccessConfig, KeyConfig, check_access, plaintext_hint
 
 __all__ = [
+    "AccessConfig",
     "BreakerConfig",
     "Config",
     "ConfigError",
@@ -37,6 +39,8 @@ __all__ = [
 
 # A models key that serves every model name not configured explicitly.
 WILDCARD = "*"
+# Endpoints that take a request body (server.endpoint_max_body_bytes).
+BODY_ENDPOINTS = ("/v1/images/generations",)
 
 Seconds = Annotated[float, Meta(gt=0)]
 MiB = 1024 * 1024
@@ -64,6 +68,16 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
     shutdown_timeout: Annotated[float, Meta(ge=0)] = 30.0
     # A client that cannot take a write within this long is cut off.
     write_timeout: Annotated[float, Meta(gt=0)] = 60.0
+    # Per-endpoint body limits (by path), overriding max_body_bytes there.
+    endpoint_max_body_bytes: dict[str, Annotated[int, Meta(ge=1024)]] = {}
+    # Longest request line and longest single header (aiohttp's max_line_size
+    # and max_field_size); larger ones are refused before any handler runs.
+    max_header_bytes: Annotated[int, Meta(ge=1024, le=1024 * 1024)] = 8190
+    # Most headers in one request.
+    max_headers: Annotated[int, Meta(ge=16, le=1024)] = 128
+
+    def body_limit(self, path: str) -> int:
+        return self.endpoint_max_body_bytes.get(path, self.max_body_bytes)
 
 
 class Timeouts(msgspec.Struct, forbid_unknown_fields=True):
@@ -152,6 +166,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
     # By public model name; a model with no price counts no cost.
     prices: dict[str, Price] = {}
+    # Gateway keys, per-key limits, CORS (proxy.access).
+    access: AccessConfig = msgspec.field(default_factory=AccessConfig)
 
 
 class ConfigError(Exception):
@@ -212,6 +228,7 @@ class _Document(msgspec.Struct, forbid_unknown_fields=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
     prices: dict[str, Any] = {}
+    access: dict[str, Any] = {}
 
 
 # A model is a list of deployments (priority order) or a ModelConfig.
@@ -226,10 +243,34 @@ def _decode(data: Any) -> Config:
         model = _convert(entry, _Model, f"models.{name}")
         models[name] = model if isinstance(model, ModelConfig) else ModelConfig(deployments=model)
     prices = {name: _convert(p, Price, f"prices.{name}") for name, p in doc.prices.items()}
-    return Config(providers=providers, models=models, server=doc.server, routing=doc.routing, prices=prices)
+    return Config(
+        providers=providers, models=models, server=doc.server, routing=doc.routing, prices=prices,
+        access=_decode_access(doc.access),
+    )
+
+
+def _decode_access(data: dict[str, Any]) -> AccessConfig:
+    """Keys one by one, so a plaintext key gets its own message, not "unknown field"."""
+    keys = data.get("keys", [])
+    if isinstance(keys, list):
+        for i, entry in enumerate(keys):
+            if hint := plaintext_hint(entry):
+                raise ConfigError(f"access.keys[{i}]: {hint}")
+        data = {**data, "keys": [_convert(entry, KeyConfig, f"access.keys[{i}]") for i, entry in enumerate(keys)]}
+    access = _convert(data, AccessConfig, "access")
+    try:
+        check_access(access)
+    except ValueError as exc:
+        raise ConfigError(f"access.{exc}") from None
+    return access
 
 
 def _check(config: Config) -> Config:
+    for path in config.server.endpoint_max_body_bytes:
+        if path not in BODY_ENDPOINTS:
+            raise ConfigError(
+                f"server.endpoint_max_body_bytes.{path}: not an endpoint that takes a body (known: {', '.join(BODY_ENDPOINTS)})"
+            )
     for name, provider in config.providers.items():
         adapter = REGISTRY.get(provider.adapter)
         if adapter is None:

@@ -7,9 +7,13 @@ as an HTTP response before the first byte of a response was sent, or as an
 
     GatewayError                    (status, type, code, param, message)
     ├── InvalidRequest              400  the client's request is wrong
-    ├── AuthenticationFailed        401  (access control)
+    ├── AuthenticationFailed        401  no, malformed, wrong or revoked gateway key
+    ├── PermissionDenied            403  model (or browser origin) not allowed for the key
     ├── ModelNotFound               404  no configured model of that name
     ├── PayloadTooLarge             413  body over the configured limit
+    ├── RateLimited                 429  a per-key limit (requests, images, streams)
+    │   └── QuotaExceeded           429  the key's spend budget for the period
+    ├── LimitsUnavailable           503  the limit backend is down (fail closed)
     ├── GatewayShuttingDown         503  stopped by shutdown's grace period
     ├── NoProviderAvailable         503  every deployment's circuit is open
     └── UpstreamFailure             5xx  the provider could not answer
@@ -30,14 +34,19 @@ from collections.abc import Mapping
 import msgspec
 
 __all__ = [
+    "AuthenticationFailed",
     "ErrorBody",
     "ErrorEnvelope",
     "GatewayError",
     "GatewayShuttingDown",
     "InvalidRequest",
+    "LimitsUnavailable",
     "ModelNotFound",
     "NoProviderAvailable",
     "PayloadTooLarge",
+    "PermissionDenied",
+    "QuotaExceeded",
+    "RateLimited",
     "UpstreamError",
     "UpstreamFailure",
     "UpstreamProtocolError",
@@ -221,3 +230,51 @@ def error_event(err: GatewayError) -> bytes:
     """
     data = _encoder.encode(_StreamError(err.body()))
     return b"event: error\ndata: " + data + b"\n\n"
+
+
+# Access control (proxy.access): the gateway's own keys and limits.
+
+
+class AuthenticationFailed(GatewayError):
+    """No gateway key, or one that is malformed, wrong or revoked. The message
+    never repeats any part of the key that was presented."""
+
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+    error_type = "unauthorized"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message, code=code, headers={"WWW-Authenticate": 'Bearer realm="pixelgate"'})
+
+
+class PermissionDenied(GatewayError):
+    status = 403
+    type = "invalid_request_error"
+    code = "model_not_allowed"
+    error_type = "unauthorized"
+
+
+class RateLimited(GatewayError):
+    """A per-key limit; ``code`` names it, ``Retry-After`` says when to retry."""
+
+    status = 429
+    type = "rate_limit_exceeded"
+    code = "rate_limit_exceeded"
+    error_type = "over_limit"
+
+
+class QuotaExceeded(RateLimited):
+    """The key's spend budget for the period is spent (OpenAI's own shape)."""
+
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
+class LimitsUnavailable(GatewayError):
+    """The limit backend (Redis) cannot be reached and access fails closed."""
+
+    status = 503
+    type = "server_error"
+    code = "limits_unavailable"
+    error_type = "limits_unavailable"

@@ -9,13 +9,15 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from metrics import Metrics, RequestRecord, cost_usd, exposition
+from proxy.access.limits import Ticket, quota_headers
+from proxy.access.middleware import response_headers
 from proxy.access_log import log_request
-from proxy.app_keys import BREAKERS, CONFIG, METRICS, REGISTRY, RELAY_SETTINGS, REQUEST_ID, ROUTER, STATE
+from proxy.app_keys import ACCESS, BREAKERS, CLIENT, CONFIG, METRICS, REGISTRY, RELAY_SETTINGS, REQUEST_ID, ROUTER, STATE
 from proxy.dispatch import Attempt, dispatch, success_headers
 from proxy.errors import GatewayError, PayloadTooLarge
 from proxy.relay import Exchange, Outcome
 from proxy.routing import Route
-from proxy.schema import decode_request
+from proxy.schema import decode_request, with_user
 
 __all__ = ["generations", "healthz", "metrics", "models", "providers", "readyz"]
 
@@ -23,12 +25,15 @@ _ENDPOINT = "images.generations"
 
 
 async def _read_body(request: web.Request) -> bytes:
-    limit = request.app[CONFIG].server.max_body_bytes
-    too_large = PayloadTooLarge(
-        f"Request body is larger than this gateway's limit of {limit} bytes (server.max_body_bytes)."
-    )
+    server = request.app[CONFIG].server
+    limit = server.body_limit(request.path)
+    setting = "server.endpoint_max_body_bytes" if limit != server.max_body_bytes else "server.max_body_bytes"
+    too_large = PayloadTooLarge(f"Request body is larger than this gateway's limit of {limit} bytes ({setting}).")
     if request.content_length is not None and request.content_length > limit:
         raise too_large
+    if limit != request.client_max_size:
+        # A chunked body has no Content-Length: stop reading it at this endpoint's limit.
+        request = request.clone(client_max_size=limit)
     try:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
@@ -81,10 +86,14 @@ async def _generations(request: web.Request) -> web.StreamResponse:
     metrics = app[METRICS]
     loop = asyncio.get_running_loop()
     started = loop.time()
+    access = app[ACCESS]
+    client = request.get(CLIENT)
     record = RequestRecord(request_id=request[REQUEST_ID], endpoint=_ENDPOINT, stream=False)
+    record.key = client.name if client is not None else None
     observer = _Observer(metrics, record)
     prompt: str | None = None
     body_read: float | None = None
+    ticket: Ticket | None = None
     try:
         body = await _read_body(request)
         body_read = loop.time()
@@ -92,7 +101,15 @@ async def _generations(request: web.Request) -> web.StreamResponse:
         record.stream = req.streaming
         if app[CONFIG].server.log_prompts:
             prompt = req.prompt
+        access.check_model(client, req)
         routes = app[ROUTER].routes(req.model, req.provider)
+        # Last, so a request refused for any other reason takes no quota.
+        ticket = await access.admit(client, req)
+        if ticket is not None:
+            response_headers(request).update(quota_headers(ticket.requests, ticket.images))
+        if client is not None and access.config.set_user:
+            body = with_user(body, client.name)
+            req = msgspec.structs.replace(req, user=client.name)
         rid = record.request_id
 
         def exchange(route: Route, attempts: list[Attempt], seconds_left: float) -> Exchange:
@@ -132,6 +149,9 @@ async def _generations(request: web.Request) -> web.StreamResponse:
         raise
     finally:
         _finish(record, observer.outcome, started, loop.time(), body_read, metrics)
+        if ticket is not None:
+            # Images actually returned, the stream slot, the cost: after the last byte.
+            await access.settle(ticket, record.images, record.cost_usd)
         log_request(record, prompt)
 
 
@@ -151,7 +171,9 @@ def _finish(r: RequestRecord, outcome: Outcome | None, started: float, now: floa
 
 
 async def models(request: web.Request) -> web.Response:
-    data = [{"id": name, "object": "model", "created": 0, "owned_by": "pixelgate"} for name in request.app[ROUTER].public_models]
+    client = request.get(CLIENT)
+    names = [n for n in request.app[ROUTER].public_models if client is None or client.may_use(n)]
+    data = [{"id": name, "object": "model", "created": 0, "owned_by": "pixelgate"} for name in names]
     return web.json_response({"object": "list", "data": data})
 
 

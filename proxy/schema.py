@@ -17,7 +17,7 @@ from msgspec import UNSET, Meta, UnsetType
 
 from proxy.errors import InvalidRequest
 
-__all__ = ["GATEWAY_ONLY_FIELDS", "ImageGenerationRequest", "ProviderPreferences", "decode_request", "rewrite_body"]
+__all__ = ["GATEWAY_ONLY_FIELDS", "ImageGenerationRequest", "ProviderPreferences", "decode_request", "rewrite_body", "with_user"]
 
 ProviderName = Annotated[str, Meta(min_length=1, max_length=128)]
 
@@ -114,4 +114,13 @@ def rewrite_body(body: bytes, upstream_model: str, drop: frozenset[str] = GATEWA
     for name in drop:
         fields.pop(name, None)
     fields["model"] = msgspec.Raw(_encoder.encode(upstream_model))
+    return _encoder.encode(fields)
+
+
+def with_user(body: bytes, user: str) -> bytes:
+    """The client's body with ``user`` set (the gateway key's name, so providers
+    can attribute abuse); everything else is re-emitted as it came. Applied
+    before the adapter's ``rewrite_body``, which keeps it."""
+    fields = _raw_map_decoder.decode(body)
+    fields["user"] = msgspec.Raw(_encoder.encode(user))
     return _encoder.encode(fields)

@@ -14,6 +14,7 @@ import secrets
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import TypedDict
 
 import aiohttp
 import msgspec
@@ -23,18 +24,20 @@ from prometheus_client import CollectorRegistry
 from adapters import REGISTRY as ADAPTERS
 from metrics import Metrics
 from proxy import handlers
-from proxy.app_keys import BREAKERS, CONFIG, METRICS, REGISTRY, RELAY_SETTINGS, REQUEST_ID, ROUTER, STATE
+from proxy.access.control import AccessControl
+from proxy.access.middleware import access_middleware, add_response_headers, limit_backend
+from proxy.app_keys import ACCESS, BREAKERS, CONFIG, METRICS, REGISTRY, RELAY_SETTINGS, REQUEST_ID, ROUTER, STATE
 from proxy.breaker import Breaker
-from proxy.state import GatewayState
 from proxy.config import WILDCARD, Config
 from proxy.demo.engine import DemoEngine
 from proxy.errors import GatewayError, InvalidRequest, render_error
 from proxy.loop import new_event_loop
 from proxy.relay import RelaySettings
 from proxy.routing import Provider, Router
+from proxy.state import GatewayState
 from proxy.transport import DemoTransport, HttpTransport, SchemeTransport
 
-__all__ = ["create_app", "run", "serve"]
+__all__ = ["create_app", "run", "runner_options", "serve"]
 
 log = logging.getLogger("pixelgate")
 
@@ -132,7 +135,9 @@ async def _drain(app: web.Application) -> None:
 
 
 def create_app(config: Config, registry: CollectorRegistry | None = None) -> web.Application:
-    app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=[_request_context])
+    # Each endpoint's own limit is enforced when its body is read (handlers._read_body).
+    max_body = max([config.server.max_body_bytes, *config.server.endpoint_max_body_bytes.values()])
+    app = web.Application(client_max_size=max_body, middlewares=[_request_context, access_middleware])
     registry = registry if registry is not None else CollectorRegistry()
     app[CONFIG] = config
     app[REGISTRY] = registry
@@ -140,6 +145,7 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
         registry, models=[m for m in config.models if m != WILDCARD], providers=config.providers, prices=config.prices
     )
     app[STATE] = GatewayState()
+    app[ACCESS] = AccessControl(config.access, app[METRICS])
     app[RELAY_SETTINGS] = RelaySettings(
         max_event_bytes=config.server.max_event_bytes,
         keepalive_interval=config.server.keepalive_interval,
@@ -151,7 +157,10 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
         for model, entry in config.models.items()
         for i in range(len(entry.deployments))
     }
+    # Before the upstreams: it is closed after them, once no request can settle.
+    app.cleanup_ctx.append(limit_backend)
     app.cleanup_ctx.append(_upstreams)
+    app.on_response_prepare.append(add_response_headers)
     app.on_shutdown.append(_drain)
     app.router.add_post("/v1/images/generations", handlers.generations)
     app.router.add_get("/v1/models", handlers.models)
@@ -169,6 +178,21 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
 STATIC = Path(__file__).parent / "static"
 
 
+class RunnerOptions(TypedDict):
+    max_line_size: int
+    max_field_size: int
+    max_headers: int
+
+
+def runner_options(config: Config) -> RunnerOptions:
+    """Request-head limits for ``web.AppRunner`` (aiohttp refuses larger heads
+    before any handler runs)."""
+    server = config.server
+    return RunnerOptions(
+        max_line_size=server.max_header_bytes, max_field_size=server.max_header_bytes, max_headers=server.max_headers
+    )
+
+
 async def _playground(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
@@ -182,6 +206,9 @@ async def serve(config: Config, reuse_port: bool = False) -> None:
     """
     server = config.server
     app = create_app(config)
+    access = config.access
+    if reuse_port and access.backend == "memory" and any((k.limits or access.default_limits).enforced for k in access.keys):
+        log.warning("access: limits are kept per worker with the in-process backend; use access.backend: redis with --workers")
     runner = web.AppRunner(
         app,
         handle_signals=False,
@@ -191,6 +218,7 @@ async def serve(config: Config, reuse_port: bool = False) -> None:
         handler_cancellation=True,
         # _drain enforces the grace period; this only bounds the last flush.
         shutdown_timeout=server.shutdown_timeout + 10,
+        **runner_options(config),
     )
     await runner.setup()
     stop = asyncio.Event()

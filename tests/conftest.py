@@ -20,6 +20,7 @@ from proxy.config import parse_config
 from proxy.demo.server import create_demo_app
 from proxy.server import create_app
 from tests.procs import free_port
+from tests.redis_server import redis_prefix, redis_url  # noqa: F401  (fixtures)
 
 GatewayFactory = Callable[..., Awaitable[TestServer]]
 
