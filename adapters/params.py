@@ -53,7 +53,7 @@ def aspect_ratio(width: int, height: int, allowed: Sequence[str], tolerance: flo
     best, error = None, tolerance
     for ratio in allowed:
         a, _, b = ratio.partition(":")
-        err = abs(int(a) / int(b) - want) / want
+        err = abs(float(a) / float(b) - want) / want
         if err <= error:
             best, error = ratio, err
     return best

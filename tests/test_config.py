@@ -56,7 +56,7 @@ BASE = {"providers": {"p": {"adapter": "openai", "base_url": "http://127.0.0.1:1
         ({"server": {"port": "eighty"}}, r"^server\.port: Expected `int`, got `str`$"),
         ({"server": {"prot": 1}}, r"^server: Object contains unknown field `prot`$"),
         ({"providers": {"p": {"adapter": "openai", "base_url": "http://x", "timeouts": {"connect": -1}}}}, r"^providers\.p\.timeouts\.connect: Expected `float` > 0"),
-        ({"providers": {"p": {"adapter": "nope"}}}, r"^providers\.p\.adapter: unknown adapter 'nope' \(known: demo, openai\)$"),
+        ({"providers": {"p": {"adapter": "nope"}}}, r"^providers\.p\.adapter: unknown adapter 'nope' \(known: azure, bfl, demo, fal, gemini, imagen, openai, replicate, stability, together, xai\)$"),
         ({"providers": {"p": {"adapter": "openai"}}}, r"^providers\.p\.base_url: required for the openai adapter"),
         ({"providers": {"p": {"adapter": "demo", "options": {"latency_ms": "slow"}}}}, r"^providers\.p\.options\.latency_ms: Expected `float`"),
         ({"providers": {"p": {"adapter": "demo", "options": {"colour": 1}}}}, r"^providers\.p\.options: Object contains unknown field `colour`$"),

@@ -1,0 +1,303 @@
+"""fal.ai queue API: submit, poll the status, read the result, download the images.
+
+``POST {base}/{app}`` (base ``https://queue.fal.run``; the app is the
+upstream model, e.g. ``fal-ai/flux/dev``) with ``Authorization: Key <key>``
+and the app's input JSON returns ``{request_id, status_url, response_url,
+…}``. Those URLs are used as given, only on fal's API hosts (they carry the
+key). The status document is polled every ``poll_interval`` seconds until
+``COMPLETED``; then ``response_url`` gives the result, ``{"images":[{"url",
+"width","height","content_type"}],"seed","has_nsfw_concepts":[…],…}`` (or a
+single ``image`` for some apps). Each image URL is downloaded without the
+key, from fal's file hosts only (``fal.media``, ``*.fal.media``; fal's
+example outputs on ``storage.googleapis.com`` are not allowed by default: add
+the host to ``fetch_hosts`` if an app answers there), and base64-encoded as
+it arrives into the client's ``b64_json``, one completed event per image (or
+relayed as URLs for ``response_format: url`` without streaming).
+
+Why polling and not the SSE status stream (``…/status/stream``): the relay
+reads each step of a multi-call exchange whole, as one small document, under
+its idle timeout; the stream stays open for the whole generation and is
+only complete when the job is, so it would be one long collect that the idle
+timeout cuts. Polling gives one complete status document per call, and the
+relay keeps a streaming client alive meanwhile.
+
+Mapping: ``size`` → ``image_size`` ``{"width","height"}``, ``n`` →
+``num_images``, ``output_format`` jpeg|png (png unless asked). Fields outside
+the OpenAI schema (``seed``, ``num_inference_steps``, ``guidance_scale``,
+``enable_safety_checker``, ``acceleration``, …) pass to the app unchanged,
+except ``sync_mode: true``: it makes fal answer data URIs, which the gateway
+does not relay, so it counts as an unsupported parameter.
+
+Safety: fal's checker flags images in ``has_nsfw_concepts`` (and blacks them
+out). Flagged images are dropped; if every image is flagged, the request is
+``moderation_blocked``. A model error whose ``detail[].type`` is
+``content_policy_violation`` is ``moderation_blocked`` too. A job that failed
+on fal's side (``error`` and ``error_type`` in the COMPLETED status, e.g.
+``request_timeout``, ``runner_disconnected``) is an ``upstream_error``; other
+failures are read from the result call's HTTP error. fal bills per image and
+reports no tokens; the relay counts the images.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import ClassVar
+
+import msgspec
+from yarl import URL
+
+from adapters.base import Guard, UpstreamRequest, check_base_url
+from adapters.fetched import FetchingTranslator, FetchOptions, Step
+from adapters.images_out import ImageMeta, ImagesWriter
+from adapters.params import native_fields, parse_size, settle
+from adapters.provider_errors import error_message, moderation_blocked, provider_error
+from adapters.tapped import malformed
+from proxy.errors import GatewayError, UpstreamProtocolError
+from proxy.schema import ImageGenerationRequest
+
+__all__ = ["FalAdapter", "FalOptions"]
+
+DEFAULT_URL = "https://queue.fal.run"
+POLL_HOSTS = ("queue.fal.run", "*.fal.run")
+FETCH_HOSTS = ("fal.media", "*.fal.media")
+# fal's own name for a refused prompt or image (model errors' detail[].type).
+_POLICY = "content_policy_violation"
+# Apps whose ids have three parts (namespace/owner/alias), per fal-client.
+_NAMESPACES = frozenset({"workflows", "comfy"})
+
+
+class FalOptions(FetchOptions, forbid_unknown_fields=True):
+    pass
+
+
+def problems(req: ImageGenerationRequest, native: Mapping[str, msgspec.Raw]) -> list[tuple[str, str]]:
+    out = []
+    if req.output_format == "webp":
+        out.append(("output_format", "fal's image apps return jpeg or png"))
+    if req.quality not in (msgspec.UNSET, None, "auto"):
+        out.append(("quality", "fal has no quality setting (use the app's native `num_inference_steps`)"))
+    if req.style not in (msgspec.UNSET, None):
+        out.append(("style", "fal has no style setting"))
+    if req.background == "transparent":
+        out.append(("background", "fal's image apps cannot make transparent backgrounds"))
+    if req.output_compression not in (msgspec.UNSET, None):
+        out.append(("output_compression", "fal has no compression setting"))
+    if req.moderation == "low":
+        out.append(("moderation", "fal's safety checker is set with the app's native `enable_safety_checker`"))
+    if "sync_mode" in native and bytes(native["sync_mode"]).strip() not in (b"false", b"null"):
+        out.append(("sync_mode", "it makes fal answer data URIs; the gateway downloads the result URLs itself"))
+    return out
+
+
+class _Submitted(msgspec.Struct):
+    request_id: str
+    status_url: str | None = None
+    response_url: str | None = None
+
+
+class _Status(msgspec.Struct):
+    status: str
+    error: str | None = None
+    error_type: str | None = None
+
+
+class _Image(msgspec.Struct):
+    url: str
+
+
+class _Result(msgspec.Struct):
+    images: list[_Image] = []
+    image: _Image | None = None
+    has_nsfw_concepts: list[bool | None] | None = None
+
+
+class _Detail(msgspec.Struct):
+    msg: str | None = None
+    type: str | None = None
+
+
+class _ErrorDoc(msgspec.Struct):
+    # Model errors: {"detail":[{"loc","msg","type","url","ctx"}]}; request
+    # errors: {"detail":"…","error_type":"…"}; some apps: {"detail":{"message"|"error"}}.
+    detail: str | list[_Detail] | dict[str, object] | None = None
+    error_type: str | None = None
+
+
+_submitted = msgspec.json.Decoder(_Submitted)
+_status = msgspec.json.Decoder(_Status)
+_result = msgspec.json.Decoder(_Result)
+_error_doc = msgspec.json.Decoder(_ErrorDoc)
+_encoder = msgspec.json.Encoder()
+
+_WORKING = frozenset({"IN_QUEUE", "IN_PROGRESS"})
+
+
+def _read_error(body: bytes) -> tuple[str | None, bool]:
+    """fal's message from an error body, and whether it is a content refusal."""
+    try:
+        doc = _error_doc.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return error_message(body), False
+    policy = doc.error_type == _POLICY
+    message: str | None = None
+    if isinstance(doc.detail, str):
+        message = doc.detail
+    elif isinstance(doc.detail, list):
+        policy = policy or any(d.type == _POLICY for d in doc.detail)
+        message = "; ".join(d.msg for d in doc.detail if d.msg) or None
+    elif isinstance(doc.detail, dict):
+        text = doc.detail.get("message") or doc.detail.get("msg")
+        message = text if isinstance(text, str) else None
+        policy = policy or doc.detail.get("error") == _POLICY or doc.detail.get("type") == _POLICY
+    return message, policy
+
+
+class FalTranslator(FetchingTranslator):
+    __slots__ = ("_app_url", "_key_headers", "_phase", "_poll_guard", "_poll_interval", "_response_url", "_status_url")
+
+    def __init__(
+        self,
+        provider: str,
+        submit: UpstreamRequest,
+        writer: ImagesWriter,
+        headers: dict[str, str],
+        fetch_guard: Guard,
+        *,
+        as_urls: bool,
+        app_url: str,
+        key_headers: dict[str, str],
+        poll_guard: Guard,
+        poll_interval: float,
+    ) -> None:
+        super().__init__(provider, submit, writer, headers, fetch_guard, as_urls=as_urls)
+        self._app_url = app_url
+        self._key_headers = key_headers
+        self._poll_guard = poll_guard
+        self._poll_interval = poll_interval
+        # Which document comes next: "submitted", "status" or "result".
+        self._phase = "submitted"
+        self._status_url = ""
+        self._response_url = ""
+
+    def step(self, body: bytes) -> Step:
+        try:
+            if self._phase == "submitted":
+                return self._submitted(_submitted.decode(body))
+            if self._phase == "status":
+                return self._status(_status.decode(body))
+            result = _result.decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise malformed(self.provider, exc) from None
+        return self._images(result)
+
+    def _submitted(self, job: _Submitted) -> Step:
+        # Older answers lack the URLs: build them the way fal-client does.
+        base = f"{self._app_url}/requests/{job.request_id}"
+        self._status_url = job.status_url or f"{base}/status"
+        self._response_url = job.response_url or base
+        self._phase = "status"
+        return self._get(self._status_url, self._poll_interval)
+
+    def _status(self, status: _Status) -> Step:
+        if status.status in _WORKING:
+            return self._get(self._status_url, self._poll_interval)
+        if status.status != "COMPLETED":
+            raise UpstreamProtocolError(f"provider {self.provider!r} reported an unknown job status {status.status[:50]!r}")
+        if status.error and status.error_type:
+            # A request error (fal's infrastructure): the result would only repeat it.
+            text = f"{status.error} ({status.error_type})"
+            if status.error_type == _POLICY:
+                raise moderation_blocked(self.provider, text)
+            raise provider_error(self.provider, 504 if status.error_type.endswith("timeout") else 502, {}, text)
+        # Done, or an app error: the result call answers with the image URLs or the app's own error status.
+        self._phase = "result"
+        return self._get(self._response_url, 0.0)
+
+    def _images(self, result: _Result) -> list[str]:
+        images = result.images or ([result.image] if result.image is not None else [])
+        flags = result.has_nsfw_concepts or []
+        kept = [image.url for i, image in enumerate(images) if not (i < len(flags) and flags[i])]
+        if images and not kept:
+            raise moderation_blocked(
+                self.provider, "fal's safety checker flagged every image (has_nsfw_concepts); none was returned."
+            )
+        return kept
+
+    def _get(self, url: str, delay: float) -> UpstreamRequest:
+        return UpstreamRequest("GET", url, self._key_headers, b"", guard=self._poll_guard, delay=delay)
+
+    def error(self, status: int, headers: Mapping[str, str], body: bytes) -> GatewayError:
+        message, policy = _read_error(body)
+        if policy or headers.get("x-fal-error-type") == _POLICY:
+            return moderation_blocked(self.provider, message or "Refused by fal's content policy.", headers)
+        if status == 403 and message and "balance" in message.lower():
+            # "User is locked. Reason: Exhausted balance": out of credits, not a bad key.
+            status = 402
+        return provider_error(self.provider, status, headers, message)
+
+
+class FalAdapter:
+    Options: ClassVar[type[msgspec.Struct]] = FalOptions
+
+    @classmethod
+    def check(cls, *, base_url: str | None, api_key: str | None, options: msgspec.Struct) -> None:
+        check_base_url(base_url)
+
+    def __init__(
+        self, *, name: str, base_url: str | None, api_key: str | None, headers: Mapping[str, str], options: msgspec.Struct
+    ) -> None:
+        assert isinstance(options, FalOptions)
+        self.name = name
+        self.options = options
+        self.clock = time.time
+        self._base = (base_url or DEFAULT_URL).rstrip("/")
+        self._key_headers = {**headers, "Accept": "application/json"}
+        if api_key:
+            self._key_headers["Authorization"] = f"Key {api_key}"
+        base_host = URL(self._base).host or ""
+        self._poll_guard = Guard(hosts=(base_host, *(options.poll_hosts or POLL_HOSTS)))
+        self._fetch_guard = Guard(hosts=tuple(options.fetch_hosts or FETCH_HOSTS), max_bytes=options.max_fetch_bytes)
+
+    def translator(
+        self, request: ImageGenerationRequest, body: bytes, upstream_model: str, request_id: str
+    ) -> FalTranslator:
+        opts = self.options
+        native = native_fields(body)
+        dropped = settle(self.name, problems(request, native), opts.unsupported)
+        native.pop("sync_mode", None)  # false is fal's default; true was refused or dropped above
+        fields: dict[str, object] = {**native, "prompt": request.prompt}
+        if isinstance(request.n, int):
+            fields["num_images"] = request.n
+        size = parse_size(request.size)
+        if size is not None:
+            fields["image_size"] = {"width": size[0], "height": size[1]}
+        fmt = request.output_format if request.output_format in ("png", "jpeg") else "png"
+        fields["output_format"] = fmt
+        meta = ImageMeta(
+            created=int(self.clock()),
+            size=request.size if isinstance(request.size, str) else "auto",
+            output_format=str(fmt),
+        )
+        app = upstream_model.strip("/")
+        submit = UpstreamRequest(
+            "POST",
+            f"{self._base}/{app}",
+            {**self._key_headers, "Content-Type": "application/json"},
+            _encoder.encode(fields),
+        )
+        # Status and result live under the app id, without any subpath (".../flux/dev" → "fal-ai/flux").
+        parts = app.split("/")
+        app_id = "/".join(parts[: 3 if parts[0] in _NAMESPACES else 2])
+        return FalTranslator(
+            self.name,
+            submit,
+            ImagesWriter(request.streaming, meta),
+            dropped,
+            self._fetch_guard,
+            as_urls=request.response_format == "url",
+            app_url=f"{self._base}/{app_id}",
+            key_headers=self._key_headers,
+            poll_guard=self._poll_guard,
+            poll_interval=opts.poll_interval,
+        )

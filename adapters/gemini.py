@@ -1,0 +1,329 @@
+"""Gemini native image generation (``gemini-2.5-flash-image``, ``gemini-3-pro-image-preview``, …).
+
+``POST …/models/{model}:generateContent`` (Gemini API or Vertex, see
+``adapters.google``) with::
+
+    {"contents":[{"role":"user","parts":[{"text":"<prompt>"}]}],
+     "generationConfig":{"responseModalities":["TEXT","IMAGE"],
+                         "imageConfig":{"aspectRatio":"3:2","imageSize":"2K"}}}
+
+The answer is one JSON document; each image is a part
+``candidates[i].content.parts[j].inlineData = {mimeType, data}`` (the REST
+API writes camelCase; ``inline_data`` is accepted too). The ``data`` strings
+are tapped into the client's ``b64_json`` as they arrive; text parts stay in
+the skeleton and are not relayed. ``usageMetadata`` comes after the
+candidates, so the last image's stream event waits for it
+(``usage_last``) and the usage lands in the body or that event:
+
+    promptTokenCount (+ promptTokensDetails by modality)  -> input_tokens (text/image)
+    candidatesTokenCount + thoughtsTokenCount             -> output_tokens
+    candidatesTokensDetails IMAGE                         -> output_tokens_details.image_tokens
+    totalTokenCount                                       -> total_tokens
+
+Streaming uses ``generateContent`` too: an image part arrives whole in one
+``streamGenerateContent`` event (there are no partial previews), so the SSE
+form would bring nothing earlier, only multi-MB ``data:`` lines to re-frame.
+The document is relayed as it arrives either way; a streaming client gets
+keep-alives, then one ``image_generation.completed`` event per image.
+
+Failures without an image: ``promptFeedback.blockReason`` and the safety
+finish reasons (``IMAGE_SAFETY``, ``SAFETY``, ``PROHIBITED_CONTENT``, …)
+become ``moderation_blocked``; ``NO_IMAGE``, ``IMAGE_OTHER``, ``OTHER`` or a
+text-only answer become 502 ``upstream_no_image``: the request was valid and
+the model is not deterministic, so a retry, or another provider, may well
+succeed (the model's own text, if any, is in the message). When some image
+was produced, other candidates' finish reasons are not errors.
+
+Thought images: Gemini 3 image models may draft interim images while
+thinking; those arrive (as parts with ``thought: true``) only when
+``thinkingConfig.includeThoughts`` is set, which this adapter never sends. If
+a client sets it through a native field, drafts are relayed as extra images:
+``thought`` comes after ``inlineData`` in a part (protobuf field order), so the
+tap cannot tell a draft before its bytes have gone out.
+
+Fields outside the OpenAI schema go into ``generationConfig`` (``seed``,
+``temperature``, ``thinkingConfig``, …), except ``safetySettings`` and
+``systemInstruction``, which are request-level; a key the adapter sets
+itself (``responseModalities``, ``imageConfig``) wins.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Annotated, ClassVar, Literal
+
+import msgspec
+from msgspec import Meta
+
+from adapters.base import UpstreamRequest
+from adapters.google import (
+    GoogleOptions,
+    GoogleTarget,
+    check_google,
+    format_of,
+    google_error,
+    image_tier,
+)
+from adapters.images_out import ImageMeta, ImagesWriter
+from adapters.jsontap import Path
+from adapters.openai_wire import InputTokensDetails, OutputTokensDetails, Usage
+from adapters.params import aspect_ratio, native_fields, parse_size, settle
+from adapters.provider_errors import moderation_blocked
+from adapters.tapped import TappedTranslator, malformed
+from proxy.errors import GatewayError, UpstreamError
+from proxy.schema import ImageGenerationRequest
+
+__all__ = ["GeminiAdapter", "GeminiOptions"]
+
+# Gemini's documented aspect ratios (google-genai ImageConfig lists all but
+# 4:5 and 5:4, which the image-generation guide adds).
+ASPECT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
+_REQUEST_LEVEL = frozenset({"safetySettings", "systemInstruction"})
+_BLOCKED = frozenset({
+    "IMAGE_SAFETY", "IMAGE_PROHIBITED_CONTENT", "SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII",
+    "IMAGE_RECITATION", "RECITATION",
+})  # fmt: skip
+
+
+class GeminiOptions(GoogleOptions, forbid_unknown_fields=True):
+    # ["IMAGE"] makes the model answer with an image or nothing; ["TEXT",
+    # "IMAGE"] also works on older image models that refuse image-only.
+    response_modalities: tuple[Literal["TEXT", "IMAGE"], ...] = ("TEXT", "IMAGE")
+    # Ratios the model accepts (gemini-3.1-flash-image adds 1:4, 4:1, 1:8, 8:1).
+    aspect_ratios: tuple[Annotated[str, Meta(pattern=r"^[1-9][0-9]?:[1-9][0-9]?$")], ...] = ASPECT_RATIOS
+    # Send imageConfig.imageSize ("2K", "4K") for sizes past 1536 px (Gemini 3
+    # image models); false for models without it (gemini-2.5-flash-image).
+    image_size: bool = True
+
+
+def problems(req: ImageGenerationRequest, opts: GeminiOptions) -> list[tuple[str, str]]:
+    out = []
+    if isinstance(req.n, int) and req.n > 1:
+        out.append(("n", "Gemini image models make one image per call (candidateCount > 1 is refused)"))
+    size = parse_size(req.size)
+    if size is not None and aspect_ratio(*size, opts.aspect_ratios) is None:
+        out.append(("size", f"Gemini's aspect ratios are {', '.join(opts.aspect_ratios)}"))
+    if req.quality not in (msgspec.UNSET, None, "auto"):
+        out.append(("quality", "Gemini has no quality setting"))
+    if req.style not in (msgspec.UNSET, None):
+        out.append(("style", "Gemini has no style setting"))
+    if req.background == "transparent":
+        out.append(("background", "Gemini cannot make transparent backgrounds"))
+    if req.response_format == "url":
+        out.append(("response_format", "Gemini returns image bytes, not URLs"))
+    if req.moderation == "low":
+        out.append(("moderation", "Gemini's image safety filters cannot be lowered per request"))
+    fmt, compression = req.output_format, req.output_compression
+    if opts.api == "gemini":
+        if fmt not in (msgspec.UNSET, None):
+            out.append(("output_format", "the Gemini API chooses the image format itself (Vertex can set it)"))
+        if compression not in (msgspec.UNSET, None):
+            out.append(("output_compression", "the Gemini API has no compression setting (Vertex has)"))
+    else:
+        if fmt == "webp":
+            out.append(("output_format", "Vertex returns png or jpeg"))
+        if compression not in (msgspec.UNSET, None) and fmt != "jpeg":
+            out.append(("output_compression", "Vertex compresses jpeg only"))
+    return out
+
+
+def _select(path: Path) -> bool:
+    # candidates[i].content.parts[j].inlineData.data
+    return (
+        len(path) == 7
+        and path[6] == "data"
+        and path[5] in ("inlineData", "inline_data")
+        and path[0] == "candidates"
+        and path[2] == "content"
+        and path[3] == "parts"
+    )
+
+
+# The skeleton: everything but the image data (which is "" here). Field
+# names are Gemini's own (camelCase, and snake_case where it is accepted).
+class _Blob(msgspec.Struct):
+    mimeType: str | None = None
+    mime_type: str | None = None
+
+
+class _Part(msgspec.Struct):
+    text: str | None = None
+    inlineData: _Blob | None = None
+    inline_data: _Blob | None = None
+    thought: bool = False
+
+
+class _Content(msgspec.Struct):
+    parts: list[_Part] = []
+
+
+class _Candidate(msgspec.Struct):
+    content: _Content | None = None
+    finishReason: str | None = None
+    finishMessage: str | None = None
+
+
+class _Feedback(msgspec.Struct):
+    blockReason: str | None = None
+    blockReasonMessage: str | None = None
+
+
+class _Modality(msgspec.Struct):
+    modality: str = ""
+    tokenCount: int = 0
+
+
+class _UsageMetadata(msgspec.Struct):
+    promptTokenCount: int = 0
+    candidatesTokenCount: int = 0
+    thoughtsTokenCount: int = 0
+    totalTokenCount: int = 0
+    promptTokensDetails: list[_Modality] | None = None
+    candidatesTokensDetails: list[_Modality] | None = None
+
+
+class _Answer(msgspec.Struct):
+    candidates: list[_Candidate] = []
+    promptFeedback: _Feedback | None = None
+    usageMetadata: _UsageMetadata | None = None
+
+
+_answer = msgspec.json.Decoder(_Answer)
+_encoder = msgspec.json.Encoder()
+
+
+def _tokens(details: list[_Modality] | None, modality: str) -> int:
+    return sum(d.tokenCount for d in details or () if d.modality == modality)
+
+
+def to_usage(meta: _UsageMetadata) -> Usage:
+    output = meta.candidatesTokenCount + meta.thoughtsTokenCount
+    inp = meta.promptTokensDetails
+    usage = Usage(
+        input_tokens=meta.promptTokenCount,
+        output_tokens=output,
+        total_tokens=meta.totalTokenCount or meta.promptTokenCount + output,
+        input_tokens_details=InputTokensDetails(
+            # Without a breakdown the prompt is all text (this adapter sends only text).
+            text_tokens=_tokens(inp, "TEXT") if inp else meta.promptTokenCount,
+            image_tokens=_tokens(inp, "IMAGE"),
+        ),
+    )
+    if meta.candidatesTokensDetails is not None:
+        images = _tokens(meta.candidatesTokensDetails, "IMAGE")
+        usage.output_tokens_details = OutputTokensDetails(text_tokens=output - images, image_tokens=images)
+    return usage
+
+
+def _words(answer: _Answer) -> list[str]:
+    """What Gemini said instead of an image: finish messages and text parts."""
+    out = []
+    for c in answer.candidates:
+        out += [c.finishMessage] if c.finishMessage else []
+        out += [p.text for p in (c.content.parts if c.content else ()) if p.text and not p.thought]
+    return out
+
+
+class GeminiTranslator(TappedTranslator):
+    __slots__ = ("_usage",)
+
+    def __init__(self, provider: str, call: UpstreamRequest, writer: ImagesWriter, headers: dict[str, str]) -> None:
+        super().__init__(provider, call, writer, _select, headers)
+        self._usage: Usage | None = None
+
+    def complete(self, skeleton: bytes) -> bytes:
+        try:
+            answer = _answer.decode(skeleton)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise malformed(self.provider, exc) from None
+        if answer.usageMetadata is not None:
+            self._usage = to_usage(answer.usageMetadata)
+        if not self.writer.images:
+            raise self._no_image(answer)
+        # Report the format Gemini actually produced (the first image's).
+        for part in (p for c in answer.candidates if c.content for p in c.content.parts):
+            blob = part.inlineData or part.inline_data
+            if blob is not None and (fmt := format_of(blob.mimeType or blob.mime_type)):
+                self.writer.meta.output_format = fmt
+                break
+        return self.writer.finish(self._usage)
+
+    def _no_image(self, answer: _Answer) -> GatewayError:
+        feedback = answer.promptFeedback
+        if feedback is not None and feedback.blockReason:
+            detail = f": {feedback.blockReasonMessage}" if feedback.blockReasonMessage else ""
+            return moderation_blocked(self.provider, f"Gemini blocked the prompt ({feedback.blockReason}){detail}")
+        reasons = [c.finishReason for c in answer.candidates if c.finishReason]
+        said = " ".join(_words(answer))
+        blocked = next((r for r in reasons if r in _BLOCKED), None)
+        if blocked is not None:
+            detail = f": {said}" if said else ""
+            return moderation_blocked(self.provider, f"Gemini refused to make the image ({blocked}){detail}")
+        why = f"finishReason {', '.join(reasons)}" if reasons else "no candidates"
+        detail = f"; the model said: {said}" if said else ""
+        return UpstreamError(
+            f"Gemini returned no image ({why}){detail[:1000]} (provider {self.provider!r})",
+            status=502,
+            code="upstream_no_image",
+        )
+
+    def error(self, status: int, headers: Mapping[str, str], body: bytes) -> GatewayError:
+        return google_error(self.provider, status, headers, body)
+
+    def usage(self) -> Usage | None:
+        return self._usage
+
+
+class GeminiAdapter:
+    Options: ClassVar[type[msgspec.Struct]] = GeminiOptions
+
+    @classmethod
+    def check(cls, *, base_url: str | None, api_key: str | None, options: msgspec.Struct) -> None:
+        check_google(base_url, api_key, options)
+
+    def __init__(
+        self, *, name: str, base_url: str | None, api_key: str | None, headers: Mapping[str, str], options: msgspec.Struct
+    ) -> None:
+        assert isinstance(options, GeminiOptions)
+        self.name = name
+        self.options = options
+        self.clock = time.time
+        self.target = GoogleTarget(base_url=base_url, api_key=api_key, headers=headers, options=options)
+
+    def translator(
+        self, request: ImageGenerationRequest, body: bytes, upstream_model: str, request_id: str
+    ) -> GeminiTranslator:
+        opts = self.options
+        headers = settle(self.name, problems(request, opts), opts.unsupported)
+        image: dict[str, object] = {}
+        size = parse_size(request.size)
+        if size is not None and (ratio := aspect_ratio(*size, opts.aspect_ratios)) is not None:
+            image["aspectRatio"] = ratio
+            if opts.image_size and (tier := image_tier(*size, ("2K", "4K"))) is not None:
+                image["imageSize"] = tier
+        fmt = "png"
+        if opts.api == "vertex" and request.output_format in ("png", "jpeg"):
+            fmt = str(request.output_format)
+            output: dict[str, object] = {"mimeType": f"image/{fmt}"}
+            if fmt == "jpeg" and isinstance(request.output_compression, int):
+                output["compressionQuality"] = request.output_compression
+            image["imageOutputOptions"] = output
+        native = native_fields(body)
+        config: dict[str, object] = {k: v for k, v in native.items() if k not in _REQUEST_LEVEL}
+        config["responseModalities"] = opts.response_modalities
+        if image:
+            config["imageConfig"] = image
+        fields: dict[str, object] = {
+            "contents": [{"role": "user", "parts": [{"text": request.prompt}]}],
+            "generationConfig": config,
+            **{k: v for k, v in native.items() if k in _REQUEST_LEVEL},
+        }
+        meta = ImageMeta(
+            created=int(self.clock()),
+            size=request.size if isinstance(request.size, str) else "auto",
+            output_format=fmt,
+        )
+        call = self.target.call(upstream_model, "generateContent", _encoder.encode(fields))
+        writer = ImagesWriter(request.streaming, meta, usage_last=True)
+        return GeminiTranslator(self.name, call, writer, headers)

@@ -1,0 +1,412 @@
+"""Replicate: create a prediction (sync mode), poll it if needed, download the files.
+
+``POST {base}/v1/models/{owner}/{name}/predictions`` (upstream model
+``owner/name``), or ``POST {base}/v1/predictions`` with ``{"version": …}``
+(``owner/name:version`` or a bare version id), body ``{"input": {…}}``, key in
+``Authorization: Bearer``. ``Prefer: wait=N`` (options.wait, 1-60 s, Replicate's
+own limit; 0 sends no header: async mode) holds the call open until the model
+is done. The answer is a prediction ``{id, status, output, error, urls{get},
+…}``:
+
+- ``succeeded``: ``output`` is one file URL or a list of them (models differ).
+  In sync mode Replicate answers as soon as every file exists, so a
+  ``processing`` answer to the create call that already has ``output`` is
+  final too (Replicate's docs; replicate-python does the same).
+- ``starting``/``processing``: ``urls.get`` is polled (with the key, only on
+  Replicate's API hosts) every options.poll_interval seconds.
+- ``failed``: ``error`` is the model's own text. Safety-checker refusals
+  ("NSFW content detected", "flagged as sensitive (E005)", …: options.
+  safety_markers) become ``moderation_blocked``; any other failure is a 502
+  ``upstream_error`` with Replicate's words (the model ran and failed: a retry,
+  or another provider, may succeed). ``canceled`` is a 502 too.
+
+Each file is downloaded without the key, only from Replicate's file hosts
+(``replicate.delivery`` and ``*.replicate.delivery``, e.g.
+``pbxt.replicate.delivery``; options.fetch_hosts), and encoded into
+``b64_json`` as it arrives. ``response_format: url`` without streaming relays
+the URLs instead (they expire after about an hour). In sync mode Replicate may
+inline small files as ``data:`` URIs; their base64 is relayed as given. Such a
+file arrives inside the prediction document, which the relay reads whole
+(at most 1 MiB): that is the one buffered case, forced by Replicate's format.
+
+Models on Replicate take different inputs; the defaults fit the FLUX family:
+``size`` → ``aspect_ratio`` (or ``width``/``height`` with options.size_as),
+``n`` → ``num_outputs``, ``output_format`` → ``output_format`` (``jpeg`` is
+sent as ``jpg``), ``output_compression`` → ``output_quality``. Each input name
+is an option (``inputs``); an unset name means the model lacks that input, and
+a client asking for it meets the ``unsupported`` policy. Fields outside the
+OpenAI schema pass into ``input`` unchanged. Replicate bills by time or per
+image and reports no tokens: no usage is emitted (the relay counts images).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import deque
+from collections.abc import Mapping
+from typing import Annotated, ClassVar, Literal
+from urllib.parse import quote
+
+import msgspec
+from msgspec import Meta
+from yarl import URL
+
+from adapters.base import Guard, ResponseHead, UpstreamRequest, check_base_url
+from adapters.fetched import FetchingTranslator, FetchOptions, Step
+from adapters.images_out import ImageMeta, ImagesWriter
+from adapters.params import native_fields, parse_size, settle
+from adapters.provider_errors import error_message, moderation_blocked, provider_error
+from adapters.tapped import malformed
+from proxy.errors import GatewayError, UpstreamFailure, UpstreamProtocolError
+from proxy.schema import ImageGenerationRequest
+
+__all__ = ["ReplicateAdapter", "ReplicateInputs", "ReplicateOptions"]
+
+DEFAULT_URL = "https://api.replicate.com"
+POLL_HOSTS = ("api.replicate.com",)
+FETCH_HOSTS = ("replicate.delivery", "*.replicate.delivery")
+# What FLUX (schnell, dev, pro, 1.1-pro) accepts on Replicate.
+ASPECT_RATIOS = ("1:1", "16:9", "21:9", "3:2", "2:3", "4:5", "5:4", "3:4", "4:3", "9:16", "9:21")
+# Matched as lower-case substrings; "(e005)" is how Replicate's own filter signs its refusals.
+SAFETY_MARKERS = ("nsfw", "flagged as sensitive", "(e005)", "safety filter", "safety checker", "content policy",
+                  "content moderation", "moderated")
+_MAX_ERROR = 2000
+
+
+class ReplicateInputs(msgspec.Struct, forbid_unknown_fields=True):
+    """The model's input names for what OpenAI's parameters map to; null: it has none."""
+
+    aspect_ratio: str | None = "aspect_ratio"
+    width: str | None = "width"
+    height: str | None = "height"
+    n: str | None = "num_outputs"
+    output_format: str | None = "output_format"
+    output_compression: str | None = "output_quality"
+
+
+class ReplicateOptions(FetchOptions, forbid_unknown_fields=True):
+    # Prefer: wait=N seconds (Replicate allows 1-60); 0: async mode, poll from the start.
+    wait: Annotated[int, Meta(ge=0, le=60)] = 60
+    size_as: Literal["aspect_ratio", "width_height"] = "aspect_ratio"
+    aspect_ratios: list[str] = msgspec.field(default_factory=lambda: list(ASPECT_RATIOS))
+    inputs: ReplicateInputs = msgspec.field(default_factory=ReplicateInputs)
+    # OpenAI format → the value the model takes; a format left out is unsupported.
+    formats: dict[Literal["png", "jpeg", "webp"], str] = msgspec.field(
+        default_factory=lambda: {"png": "png", "jpeg": "jpg", "webp": "webp"}
+    )
+    # Sent when the client names no format (OpenAI's default is png; FLUX's is webp).
+    output_format: Literal["png", "jpeg", "webp"] = "png"
+    # Lower-case fragments of a failed prediction's error that mean a safety refusal.
+    safety_markers: list[str] = msgspec.field(default_factory=lambda: list(SAFETY_MARKERS))
+
+
+def _ratio(width: int, height: int, allowed: list[str]) -> str | None:
+    """The allowed ``"W:H"`` equal to ``width/height`` exactly, if any."""
+    for ratio in allowed:
+        a, _, b = ratio.partition(":")
+        if width * int(b) == height * int(a):
+            return ratio
+    return None
+
+
+def problems(req: ImageGenerationRequest, opts: ReplicateOptions) -> list[tuple[str, str]]:
+    names = opts.inputs
+    out = []
+    if isinstance(req.n, int) and req.n > 1 and names.n is None:
+        out.append(("n", "this Replicate model makes one image per prediction"))
+    if req.output_format not in (msgspec.UNSET, None):
+        if names.output_format is None:
+            out.append(("output_format", "this Replicate model has no output format input"))
+        elif req.output_format not in opts.formats:
+            out.append(("output_format", f"this Replicate model returns {', '.join(opts.formats)}"))
+    if req.output_compression not in (msgspec.UNSET, None) and names.output_compression is None:
+        out.append(("output_compression", "this Replicate model has no compression setting"))
+    if req.quality not in (msgspec.UNSET, None, "auto"):
+        out.append(("quality", "Replicate models have no common quality setting (use the model's own inputs)"))
+    if req.style not in (msgspec.UNSET, None):
+        out.append(("style", "Replicate models have no common style setting"))
+    if req.background == "transparent":
+        out.append(("background", "Replicate image models make opaque images"))
+    if req.moderation == "low":
+        out.append(("moderation", "set the model's own safety input (`disable_safety_checker`, `safety_tolerance`)"))
+    size = parse_size(req.size)
+    if size is not None:
+        if opts.size_as == "aspect_ratio":
+            if names.aspect_ratio is None or _ratio(*size, opts.aspect_ratios) is None:
+                out.append(("size", f"this Replicate model's aspect ratios are {', '.join(opts.aspect_ratios)}"))
+        elif names.width is None or names.height is None:
+            out.append(("size", "this Replicate model takes no width and height"))
+    return out
+
+
+def _model_call(base: str, model: str) -> tuple[str, dict[str, object]]:
+    """The create URL and the body fields besides ``input``, for ``model``."""
+    owner_name, colon, version = model.partition(":")
+    if colon or "/" not in model:
+        return f"{base}/v1/predictions", {"version": version if colon else model}
+    owner, _, name = owner_name.partition("/")
+    return f"{base}/v1/models/{quote(owner, safe='')}/{quote(name, safe='')}/predictions", {}
+
+
+class _Urls(msgspec.Struct):
+    get: str | None = None
+
+
+class _Prediction(msgspec.Struct):
+    status: str
+    id: str | None = None
+    # Decoded only once the prediction is done: its type depends on the model.
+    output: msgspec.Raw = msgspec.Raw(b"null")
+    error: object = None
+    urls: _Urls | None = None
+
+
+_prediction = msgspec.json.Decoder(_Prediction)
+_files = msgspec.json.Decoder(str | list[str] | None)
+_encoder = msgspec.json.Encoder()
+
+_WORKING = frozenset({"starting", "processing"})
+_BASE64 = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
+_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", "image/webp": "webp"}
+
+
+class ReplicateTranslator(FetchingTranslator):
+    """``FetchingTranslator`` plus files inlined as ``data:`` URIs (sync mode)."""
+
+    __slots__ = ("_base", "_key_headers", "_markers", "_pending", "_poll_guard", "_poll_interval", "_submitted")
+
+    def __init__(
+        self,
+        provider: str,
+        submit: UpstreamRequest,
+        writer: ImagesWriter,
+        headers: dict[str, str],
+        fetch_guard: Guard,
+        *,
+        as_urls: bool,
+        base: str,
+        key_headers: dict[str, str],
+        poll_guard: Guard,
+        poll_interval: float,
+        markers: list[str],
+    ) -> None:
+        super().__init__(provider, submit, writer, headers, fetch_guard, as_urls=as_urls)
+        self._base = base
+        self._key_headers = key_headers
+        self._poll_guard = poll_guard
+        self._poll_interval = poll_interval
+        self._markers = markers
+        self._submitted = False
+        # Outputs not yet written or downloaded: URLs and data: URIs.
+        self._pending: deque[str] = deque()
+
+    def step(self, body: bytes) -> Step:
+        first, self._submitted = not self._submitted, True
+        try:
+            prediction = _prediction.decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise malformed(self.provider, exc) from None
+        status = prediction.status
+        if status == "succeeded" or (first and status == "processing" and self._files(prediction)):
+            return self._files(prediction)
+        if status in _WORKING:
+            return self._poll(prediction)
+        if status == "failed":
+            raise self._failed(prediction.error)
+        if status == "canceled":
+            raise UpstreamFailure(f"provider {self.provider!r} canceled the prediction", code="upstream_error")
+        raise UpstreamProtocolError(f"provider {self.provider!r} answered a prediction with status {status[:40]!r}")
+
+    def _files(self, prediction: _Prediction) -> list[str]:
+        try:
+            files = _files.decode(prediction.output)
+        except msgspec.ValidationError:
+            raise UpstreamProtocolError(
+                f"provider {self.provider!r} gave an output that is not a file URL or a list of them "
+                "(is the upstream model an image model?)"
+            ) from None
+        return [files] if isinstance(files, str) else files or []
+
+    def _poll(self, prediction: _Prediction) -> UpstreamRequest:
+        url = prediction.urls.get if prediction.urls and prediction.urls.get else None
+        if url is None:
+            if not prediction.id:
+                raise UpstreamProtocolError(f"provider {self.provider!r} answered a prediction without id or urls.get")
+            url = f"{self._base}/v1/predictions/{quote(prediction.id, safe='')}"
+        return UpstreamRequest("GET", url, self._key_headers, b"", guard=self._poll_guard, delay=self._poll_interval)
+
+    def _failed(self, error: object) -> GatewayError:
+        text = (error if isinstance(error, str) else "" if error is None else str(error))[:_MAX_ERROR]
+        if self._is_safety(text):
+            return moderation_blocked(self.provider, text)
+        return UpstreamFailure(
+            f"provider {self.provider!r} failed the prediction: {text or 'no reason given'}", code="upstream_error"
+        )
+
+    def _is_safety(self, text: str) -> bool:
+        lowered = text.lower()
+        return any(marker in lowered for marker in self._markers)
+
+    # The base downloads every URL; data: URIs are written here, in order.
+
+    def collected(self, body: bytes) -> ResponseHead | None:
+        step = self.step(body)
+        if isinstance(step, UpstreamRequest):
+            self._next = step
+            return None
+        if not step:
+            raise UpstreamProtocolError(f"provider {self.provider!r} finished the prediction without any image")
+        self._pending = deque(step)
+        if self._as_urls or step[0].startswith("data:"):
+            # Nothing to download first: finish() writes what is at hand.
+            return self._head()
+        self._next = self._download(self._pending.popleft())
+        return None
+
+    def response(self, status: int, headers: Mapping[str, str]) -> ResponseHead:
+        head = super().response(status, headers)
+        if self.downloading:
+            self._saw_format(headers.get("Content-Type", ""))
+        return head
+
+    def finish(self) -> bytes:
+        if self._as_urls:
+            return b"".join(self.writer.url(url) for url in self._pending) + self.writer.finish(None)
+        out = b""
+        if self.downloading:
+            if not self._opened:
+                raise UpstreamProtocolError(f"provider {self.provider!r} served an empty result file")
+            self.downloading = False
+            out = self._encoder.finish() + self.writer.close()
+        while self._pending:
+            item = self._pending.popleft()
+            if not item.startswith("data:"):
+                self._next = self._download(item)
+                return out
+            out += self._inline(item)
+        return out + self.writer.finish(None)
+
+    def _inline(self, uri: str) -> bytes:
+        params, comma, payload = uri[5:].partition(",")
+        media, *flags = params.split(";")
+        data = payload.encode()
+        # The payload goes into a JSON string as is: only the base64 alphabet may pass.
+        if not comma or "base64" not in flags or len(data) % 4 or not _BASE64.fullmatch(data) or not data:
+            raise UpstreamProtocolError(f"provider {self.provider!r} gave a data: URI that is not base64")
+        if not media.lower().startswith("image/"):
+            raise UpstreamProtocolError(f"provider {self.provider!r} gave a data: URI of type {media[:60]!r}, not an image")
+        self._saw_format(media)
+        return self.writer.open() + data + self.writer.close()
+
+    def _saw_format(self, content_type: str) -> None:
+        # The model may not have honoured the format asked for (or had no such
+        # input): report the format of the file actually relayed.
+        fmt = _FORMATS.get(content_type.partition(";")[0].strip().lower())
+        if fmt is not None:
+            self.writer.meta.output_format = fmt
+
+    def error(self, status: int, headers: Mapping[str, str], body: bytes) -> GatewayError:
+        if self.downloading:
+            # A file host's refusal (an expired or missing file) says nothing
+            # about the key or the request: the provider could not deliver.
+            return UpstreamFailure(
+                f"provider {self.provider!r} could not deliver a result file (HTTP {status})", code="upstream_error"
+            )
+        message = error_message(body) or _problem_title(body)
+        if status in (400, 422) and message and self._is_safety(message):
+            return moderation_blocked(self.provider, message, headers)
+        return provider_error(self.provider, status, headers, message)
+
+
+class _Problem(msgspec.Struct):
+    title: str | None = None
+
+
+_problem = msgspec.json.Decoder(_Problem)
+
+
+def _problem_title(body: bytes) -> str | None:
+    """The ``title`` of Replicate's problem+json, when it sent no ``detail``."""
+    try:
+        return _problem.decode(body).title
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+class ReplicateAdapter:
+    Options: ClassVar[type[msgspec.Struct]] = ReplicateOptions
+
+    @classmethod
+    def check(cls, *, base_url: str | None, api_key: str | None, options: msgspec.Struct) -> None:
+        check_base_url(base_url)
+        assert isinstance(options, ReplicateOptions)
+        for ratio in options.aspect_ratios:
+            a, colon, b = ratio.partition(":")
+            if not (colon and a.isdigit() and b.isdigit() and int(a) and int(b)):
+                raise ValueError(f"options.aspect_ratios: {ratio!r} is not of the form W:H")
+        for field, name in msgspec.structs.asdict(options.inputs).items():
+            if name is not None and not name:
+                raise ValueError(f"options.inputs.{field}: empty; use null for a model without that input")
+
+    def __init__(
+        self, *, name: str, base_url: str | None, api_key: str | None, headers: Mapping[str, str], options: msgspec.Struct
+    ) -> None:
+        assert isinstance(options, ReplicateOptions)
+        self.name = name
+        self.options = options
+        self.clock = time.time
+        base = (base_url or DEFAULT_URL).rstrip("/")
+        # Accept the base with or without the API version.
+        self._base = base.removesuffix("/v1")
+        self._key_headers = {**headers, "Accept": "application/json"}
+        if api_key:
+            self._key_headers["Authorization"] = f"Bearer {api_key}"
+        self._submit_headers = {**self._key_headers, "Content-Type": "application/json"}
+        if options.wait:
+            self._submit_headers["Prefer"] = f"wait={options.wait}"
+        base_host = URL(self._base).host or ""
+        self._poll_guard = Guard(hosts=(base_host, *(options.poll_hosts or POLL_HOSTS)))
+        self._fetch_guard = Guard(hosts=tuple(options.fetch_hosts or FETCH_HOSTS), max_bytes=options.max_fetch_bytes)
+
+    def translator(
+        self, request: ImageGenerationRequest, body: bytes, upstream_model: str, request_id: str
+    ) -> ReplicateTranslator:
+        opts = self.options
+        names = opts.inputs
+        headers = settle(self.name, problems(request, opts), opts.unsupported)
+        fields: dict[str, object] = {**native_fields(body), "prompt": request.prompt}
+        size = parse_size(request.size)
+        if size is not None:
+            if opts.size_as == "aspect_ratio":
+                if names.aspect_ratio and (ratio := _ratio(*size, opts.aspect_ratios)):
+                    fields[names.aspect_ratio] = ratio
+            elif names.width and names.height:
+                fields[names.width], fields[names.height] = size
+        if isinstance(request.n, int) and names.n:
+            fields[names.n] = request.n
+        fmt = request.output_format if isinstance(request.output_format, str) else opts.output_format
+        if names.output_format and fmt in opts.formats:
+            fields[names.output_format] = opts.formats[fmt]
+        if isinstance(request.output_compression, int) and names.output_compression:
+            fields[names.output_compression] = request.output_compression
+        url, extra = _model_call(self._base, upstream_model)
+        meta = ImageMeta(
+            created=int(self.clock()),
+            size=request.size if isinstance(request.size, str) else "auto",
+            output_format=fmt,
+        )
+        submit = UpstreamRequest("POST", url, self._submit_headers, _encoder.encode({**extra, "input": fields}))
+        return ReplicateTranslator(
+            self.name,
+            submit,
+            ImagesWriter(request.streaming, meta),
+            headers,
+            self._fetch_guard,
+            as_urls=request.response_format == "url",
+            base=self._base,
+            key_headers=self._key_headers,
+            poll_guard=self._poll_guard,
+            poll_interval=opts.poll_interval,
+            markers=[m.lower() for m in opts.safety_markers],
+        )

@@ -1,0 +1,232 @@
+"""Replicate end to end: create (sync mode), poll, download, through the real
+relay, driven by the official SDK; and the download path's memory with a
+20 MB base64 image, gateway and fake provider each in a process of its own."""
+
+from __future__ import annotations
+
+import binascii
+import hashlib
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import aiohttp
+import openai
+import pytest
+
+from tests.procs import (
+    ROOT,
+    free_port,
+    pixelgate,
+    reset_peak_rss,
+    rss_kib,
+    stop,
+    wait_http,
+)
+from tests.providers.common import (
+    check_completed,
+    gateway_for,
+    png_size,
+    provider_config,
+    sdk,
+    stream_events,
+)
+from tests.providers.replicate import replicate_app
+from tests.providers.replicate_server import file_bytes
+
+OPTIONS = {"poll_interval": 0.05, "fetch_hosts": ["127.0.0.1"]}
+MODEL = "black-forest-labs/flux-schnell"
+
+
+@pytest.fixture
+def replicate(aiohttp_server):
+    async def make(*, upstream_model: str = MODEL, **kwargs):
+        seen: list[dict] = []
+        upstream = await aiohttp_server(replicate_app(seen, **kwargs))
+        config = provider_config("replicate", str(upstream.make_url("")), options=OPTIONS, upstream_model=upstream_model)
+        return await gateway_for(aiohttp_server, config), seen
+
+    return make
+
+
+async def test_sdk_without_stream_sync_mode(replicate) -> None:
+    gw, seen = await replicate()
+    async with sdk(gw) as client:
+        result = await client.images.generate(model="img", prompt="a fox", size="1536x1024", n=2)
+    assert [png_size(d.b64_json) for d in result.data] == [(64, 64), (64, 64)]
+    assert seen[0]["path"] == f"/v1/models/{MODEL}/predictions"
+    assert seen[0]["body"] == {"input": {"prompt": "a fox", "aspect_ratio": "3:2", "num_outputs": 2, "output_format": "png"}}
+    assert seen[0]["prefer"] == "wait=60"
+    # Finished within the wait: no poll; the key never goes to the file host.
+    assert [s["path"] for s in seen[1:]] == ["/delivery/p1/out-0.png", "/delivery/p1/out-1.png"]
+    assert [s["auth"] for s in seen] == ["Bearer provider-secret", None, None]
+
+
+async def test_sdk_stream_polls_with_keepalives(replicate) -> None:
+    # ~0.4 s of polling at 0.05 s; keep-alives every 0.2 s.
+    gw, seen = await replicate(pending_polls=8, single=True)
+    async with sdk(gw) as client, client.with_streaming_response.images.generate(
+        model="img", prompt="a fox", stream=True
+    ) as response:
+        raw = b"".join([chunk async for chunk in response.iter_bytes()])
+    assert raw.startswith(b": keep-alive\n\n")
+    assert raw.count(b"event: image_generation.completed") == 1
+    polls = [s for s in seen if s["path"] == "/v1/predictions/p1"]
+    assert len(polls) == 8 and all(s["auth"] == "Bearer provider-secret" for s in polls)
+    async with sdk(gw) as client:
+        events = await stream_events(client, model="img", prompt="a fox", output_format="jpeg")
+    assert len(events) == 1
+    check_completed(events[0])
+    assert png_size(events[0].b64_json) == (64, 64)
+    assert seen[-1]["path"] == "/delivery/p2/out-0.jpg"  # jpeg is sent as FLUX's "jpg"
+
+
+async def test_version_and_url_response_format(replicate) -> None:
+    gw, seen = await replicate(upstream_model="stability-ai/sdxl:7762fd07", pending_polls=1)
+    async with sdk(gw) as client:
+        result = await client.images.generate(model="img", prompt="a fox", response_format="url")
+    assert result.data[0].url.endswith("/delivery/p1/out-0.png")
+    assert seen[0]["path"] == "/v1/predictions" and seen[0]["body"]["version"] == "7762fd07"
+    assert not any(s["path"].startswith("/delivery") for s in seen)
+
+
+async def test_nsfw_failure_is_moderation_blocked(replicate) -> None:
+    gw, _ = await replicate(status="failed", error="NSFW content detected. Try running it again, or try a different prompt.")
+    async with sdk(gw) as client:
+        with pytest.raises(openai.BadRequestError) as info:
+            await client.images.generate(model="img", prompt="refused")
+    assert info.value.code == "moderation_blocked"
+    assert "NSFW content detected" in info.value.message
+
+
+async def test_model_failure_after_keepalives_is_an_error_event(replicate) -> None:
+    gw, _ = await replicate(pending_polls=6, status="failed", error="CUDA out of memory")
+    async with sdk(gw) as client:
+        stream = await client.images.generate(model="img", prompt="a fox", stream=True)
+        with pytest.raises(openai.APIError) as info:
+            async for _ in stream:
+                pass
+    assert info.value.body["code"] == "upstream_error"
+    assert "CUDA out of memory" in info.value.body["message"]
+
+
+async def test_rate_limit_keeps_retry_after(replicate) -> None:
+    gw, _ = await replicate(http_status=429)
+    async with sdk(gw) as client:
+        with pytest.raises(openai.RateLimitError) as info:
+            await client.images.generate(model="img", prompt="a fox", stream=True)
+    assert info.value.response.headers["retry-after"] == "3"
+    assert "rate limit resets" in info.value.message
+
+
+# The memory test: a 15 MB file, 20 MB of base64 in the client's b64_json.
+
+IMAGE_BYTES = 15_000_000
+
+
+@contextmanager
+def fake_replicate(port: int, image_bytes: int) -> Iterator[subprocess.Popen]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.providers.replicate_server", "--port", str(port), "--image-bytes", str(image_bytes)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc)
+        yield proc
+    finally:
+        stop(proc)
+        if proc.stderr:
+            proc.stderr.close()
+
+
+class B64Digest:
+    """SHA-256 of the bytes a response's ``b64_json`` decodes to, fed as it arrives.
+
+    Holds a few bytes of carry, never the body: the test's own memory stays small too.
+    """
+
+    MARK = b'"b64_json":"'
+
+    def __init__(self) -> None:
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self.images = 0
+        self.total = 0
+        self._inside = False
+        self._tail = b""  # seeking: the last bytes, in case the mark spans chunks
+        self._carry = b""  # inside: base64 short of a 4-character group
+
+    def feed(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        while chunk:
+            if not self._inside:
+                data = self._tail + chunk
+                at = data.find(self.MARK)
+                if at < 0:
+                    self._tail = data[-(len(self.MARK) - 1) :]
+                    return
+                self._tail, self._inside, chunk = b"", True, data[at + len(self.MARK) :]
+                self.images += 1
+                continue
+            end = chunk.find(b'"')
+            part = chunk if end < 0 else chunk[:end]
+            data = self._carry + part
+            cut = len(data) - len(data) % 4
+            self._decode(data[:cut])
+            self._carry = data[cut:]
+            if end < 0:
+                return
+            self._decode(self._carry)
+            self._carry, self._inside, chunk = b"", False, chunk[end + 1 :]
+
+    def _decode(self, b64: bytes) -> None:
+        if b64:
+            raw = binascii.a2b_base64(b64, strict_mode=True)
+            self.digest.update(raw)
+            self.size += len(raw)
+
+
+async def _post(session: aiohttp.ClientSession, url: str, body: dict) -> B64Digest:
+    out = B64Digest()
+    async with session.post(url, json=body) as resp:
+        assert resp.status == 200, await resp.text()
+        async for chunk in resp.content.iter_any():
+            out.feed(chunk)
+    return out
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+async def test_20mb_b64_download_is_exact_and_does_not_grow_gateway_memory(tmp_path: Path, stream: bool) -> None:
+    up, gw = free_port(), free_port()
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "providers:\n"
+        f"  rep: {{adapter: replicate, base_url: 'http://127.0.0.1:{up}', api_key: k,\n"
+        "        options: {fetch_hosts: ['127.0.0.1'], poll_interval: 0.05}}\n"
+        "models:\n  big: [{provider: rep, model: owner/big}]\n"
+    )
+    url = f"http://127.0.0.1:{gw}/v1/images/generations"
+    body: dict = {"model": "big", "prompt": "noise"} | ({"stream": True} if stream else {})
+    with fake_replicate(up, IMAGE_BYTES), pixelgate(
+        "serve", "--config", str(config), "--port", str(gw), ready=f"http://127.0.0.1:{gw}/healthz"
+    ) as gateway:
+        async with aiohttp.ClientSession() as session:
+            # Warm the gateway up on a small file (a native input the fake reads), then measure its peak.
+            warm = await _post(session, url, body | {"image_bytes": 3000})
+            assert warm.size == 3000
+            baseline = rss_kib(gateway.pid)
+            reset_peak_rss(gateway.pid)
+            got = await _post(session, url, body)
+            peak = rss_kib(gateway.pid, "VmHWM")
+    kind = "sse" if stream else "json"
+    print(f"\n20MB replicate download ({kind}): baseline {baseline} KiB, peak {peak} KiB, growth {peak - baseline} KiB")
+    assert got.images == 1
+    assert (got.digest.hexdigest(), got.size) == (hashlib.sha256(file_bytes(IMAGE_BYTES)).hexdigest(), IMAGE_BYTES)
+    assert got.total > 20_000_000  # the base64 went through the gateway
+    # Encoded as it arrives: growth is a few read buffers, never the 20 MB.
+    assert peak - baseline < 16 * 1024, (baseline, peak)
