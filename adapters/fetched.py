@@ -10,11 +10,14 @@ its file hosts, and never with the key.
 
 When the client asked for ``response_format: url`` without streaming, the
 URLs are relayed as given instead of downloaded (they expire: minutes for
-BFL, hours for Replicate and fal).
+BFL, hours for Replicate and fal). A ``data:`` URI in place of a URL (some
+Replicate models in sync mode) is relayed from the status document it came in.
+The reported ``output_format`` is the served file's type.
 """
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Mapping
 from typing import Annotated
@@ -47,6 +50,8 @@ class FetchOptions(msgspec.Struct, forbid_unknown_fields=True):
 Step = UpstreamRequest | list[str]
 
 _IMAGE_TYPES = ("image/", "application/octet-stream", "binary/octet-stream")
+_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", "image/webp": "webp"}
+_BASE64 = re.compile(rb"[A-Za-z0-9+/]+={0,2}")
 
 
 class FetchingTranslator(TranslatorBase):
@@ -99,6 +104,7 @@ class FetchingTranslator(TranslatorBase):
             raise UpstreamProtocolError(f"provider {self.provider!r} served a result file of type {media!r}, not an image")
         self._encoder = Base64Encoder()
         self._opened = False
+        self._saw_format(media)
         return self._head()
 
     def collected(self, body: bytes) -> ResponseHead | None:
@@ -109,7 +115,8 @@ class FetchingTranslator(TranslatorBase):
         if not step:
             raise UpstreamProtocolError(f"provider {self.provider!r} finished the job without any image")
         self._urls = deque(step)
-        if self._as_urls:
+        if self._as_urls or step[0].startswith("data:"):
+            # Nothing to download first: finish() writes what is at hand.
             return self._head()
         self._next = self._download(self._urls.popleft())
         return None
@@ -127,18 +134,44 @@ class FetchingTranslator(TranslatorBase):
 
     def finish(self) -> bytes:
         if self._as_urls:
-            out = b"".join(self.writer.url(url) for url in self._urls)
-            return out + self.writer.finish(None)
-        if not self.downloading:
-            return b""
-        if not self._opened:
-            raise UpstreamProtocolError(f"provider {self.provider!r} served an empty result file")
-        self.downloading = False
-        out = self._encoder.finish() + self.writer.close()
-        if self._urls:
-            self._next = self._download(self._urls.popleft())
-            return out
+            return b"".join(self.writer.url(url) for url in self._urls) + self.writer.finish(None)
+        out = b""
+        if self.downloading:
+            if not self._opened:
+                raise UpstreamProtocolError(f"provider {self.provider!r} served an empty result file")
+            self.downloading = False
+            out = self._encoder.finish() + self.writer.close()
+        while self._urls:
+            url = self._urls.popleft()
+            if not url.startswith("data:"):
+                self._next = self._download(url)
+                return out
+            out += self._inline(url)
         return out + self.writer.finish(None)
+
+    def _inline(self, uri: str) -> bytes:
+        """An image some providers put in their answer as a ``data:`` URI.
+
+        It arrived inside a status document (read whole, at most 1 MiB), so
+        it is relayed as given; only the base64 alphabet may pass, since it
+        goes into a JSON string.
+        """
+        params, comma, payload = uri[5:].partition(",")
+        media, *flags = params.split(";")
+        data = payload.encode()
+        if not data or not comma or "base64" not in flags or len(data) % 4 or not _BASE64.fullmatch(data):
+            raise UpstreamProtocolError(f"provider {self.provider!r} gave a data: URI that is not base64")
+        if not media.lower().startswith("image/"):
+            raise UpstreamProtocolError(f"provider {self.provider!r} gave a data: URI of type {media[:60]!r}, not an image")
+        self._saw_format(media)
+        return self.writer.open() + data + self.writer.close()
+
+    def _saw_format(self, content_type: str) -> None:
+        # The provider may not have honoured the format asked for: report the
+        # format of the file actually relayed.
+        fmt = _FORMATS.get(content_type.partition(";")[0].strip().lower())
+        if fmt is not None:
+            self.writer.meta.output_format = fmt
 
     def _download(self, url: str) -> UpstreamRequest:
         # No provider headers: the key stays with the provider's API hosts.

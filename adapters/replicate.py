@@ -41,9 +41,7 @@ image and reports no tokens: no usage is emitted (the relay counts images).
 
 from __future__ import annotations
 
-import re
 import time
-from collections import deque
 from collections.abc import Mapping
 from typing import Annotated, ClassVar, Literal
 from urllib.parse import quote
@@ -52,7 +50,7 @@ import msgspec
 from msgspec import Meta
 from yarl import URL
 
-from adapters.base import Guard, ResponseHead, UpstreamRequest, check_base_url
+from adapters.base import Guard, UpstreamRequest, check_base_url
 from adapters.fetched import FetchingTranslator, FetchOptions, Step
 from adapters.images_out import ImageMeta, ImagesWriter
 from adapters.params import native_fields, parse_size, settle
@@ -167,14 +165,10 @@ _files = msgspec.json.Decoder(str | list[str] | None)
 _encoder = msgspec.json.Encoder()
 
 _WORKING = frozenset({"starting", "processing"})
-_BASE64 = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
-_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", "image/webp": "webp"}
 
 
 class ReplicateTranslator(FetchingTranslator):
-    """``FetchingTranslator`` plus files inlined as ``data:`` URIs (sync mode)."""
-
-    __slots__ = ("_base", "_key_headers", "_markers", "_pending", "_poll_guard", "_poll_interval", "_submitted")
+    __slots__ = ("_base", "_key_headers", "_markers", "_poll_guard", "_poll_interval", "_submitted")
 
     def __init__(
         self,
@@ -198,8 +192,6 @@ class ReplicateTranslator(FetchingTranslator):
         self._poll_interval = poll_interval
         self._markers = markers
         self._submitted = False
-        # Outputs not yet written or downloaded: URLs and data: URIs.
-        self._pending: deque[str] = deque()
 
     def step(self, body: bytes) -> Step:
         first, self._submitted = not self._submitted, True
@@ -247,64 +239,6 @@ class ReplicateTranslator(FetchingTranslator):
     def _is_safety(self, text: str) -> bool:
         lowered = text.lower()
         return any(marker in lowered for marker in self._markers)
-
-    # The base downloads every URL; data: URIs are written here, in order.
-
-    def collected(self, body: bytes) -> ResponseHead | None:
-        step = self.step(body)
-        if isinstance(step, UpstreamRequest):
-            self._next = step
-            return None
-        if not step:
-            raise UpstreamProtocolError(f"provider {self.provider!r} finished the prediction without any image")
-        self._pending = deque(step)
-        if self._as_urls or step[0].startswith("data:"):
-            # Nothing to download first: finish() writes what is at hand.
-            return self._head()
-        self._next = self._download(self._pending.popleft())
-        return None
-
-    def response(self, status: int, headers: Mapping[str, str]) -> ResponseHead:
-        head = super().response(status, headers)
-        if self.downloading:
-            self._saw_format(headers.get("Content-Type", ""))
-        return head
-
-    def finish(self) -> bytes:
-        if self._as_urls:
-            return b"".join(self.writer.url(url) for url in self._pending) + self.writer.finish(None)
-        out = b""
-        if self.downloading:
-            if not self._opened:
-                raise UpstreamProtocolError(f"provider {self.provider!r} served an empty result file")
-            self.downloading = False
-            out = self._encoder.finish() + self.writer.close()
-        while self._pending:
-            item = self._pending.popleft()
-            if not item.startswith("data:"):
-                self._next = self._download(item)
-                return out
-            out += self._inline(item)
-        return out + self.writer.finish(None)
-
-    def _inline(self, uri: str) -> bytes:
-        params, comma, payload = uri[5:].partition(",")
-        media, *flags = params.split(";")
-        data = payload.encode()
-        # The payload goes into a JSON string as is: only the base64 alphabet may pass.
-        if not comma or "base64" not in flags or len(data) % 4 or not _BASE64.fullmatch(data) or not data:
-            raise UpstreamProtocolError(f"provider {self.provider!r} gave a data: URI that is not base64")
-        if not media.lower().startswith("image/"):
-            raise UpstreamProtocolError(f"provider {self.provider!r} gave a data: URI of type {media[:60]!r}, not an image")
-        self._saw_format(media)
-        return self.writer.open() + data + self.writer.close()
-
-    def _saw_format(self, content_type: str) -> None:
-        # The model may not have honoured the format asked for (or had no such
-        # input): report the format of the file actually relayed.
-        fmt = _FORMATS.get(content_type.partition(";")[0].strip().lower())
-        if fmt is not None:
-            self.writer.meta.output_format = fmt
 
     def error(self, status: int, headers: Mapping[str, str], body: bytes) -> GatewayError:
         if self.downloading:

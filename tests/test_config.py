@@ -97,3 +97,18 @@ def test_zero_config_passthrough_with_openai_base_url() -> None:
     provider = config.providers["openai"]
     assert (provider.adapter, provider.base_url, provider.api_key) == ("openai", "http://127.0.0.1:9/v1", "sk-${literal}")
     assert list(config.models) == [WILDCARD]
+
+
+def test_readme_config_examples_parse() -> None:
+    """Every complete config example in the README is a config the gateway accepts."""
+    import re
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", readme, re.S)]
+    complete = [b for b in blocks if isinstance(b, dict) and "providers" in b and "models" in b]
+    assert len(complete) >= 2
+    env = {name: "x" for name in re.findall(r"\$\{([A-Z_]+)", readme)}
+    for block in complete:
+        parse_config(block, env=env)
