@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 import msgspec
 
-from proxy.errors import GatewayError, UpstreamError, UpstreamFailure
+from proxy.errors import GatewayError, UpstreamError, UpstreamFailure, UpstreamProtocolError
 
 __all__ = ["FORWARDED_ERROR_HEADERS", "Usage", "decode_usage", "forward_headers", "openai_error"]
 
@@ -81,6 +81,9 @@ _ENVELOPE_KEYS = frozenset({"message", "type", "param", "code"})
 def openai_error(provider: str, status: int, headers: Mapping[str, str], body: bytes) -> GatewayError:
     """Translate an OpenAI-compatible error response into a gateway error."""
     relayed = {k: v for k, v in forward_headers(headers, FORWARDED_ERROR_HEADERS).items() if k != "x-upstream-request-id"}
+    if status < 400:
+        # A redirect from an API call is never followed, nor passed on as the client's status.
+        return UpstreamProtocolError(f"Provider {provider!r} answered HTTP {status}, neither a success nor an error.")
     if status in (401, 403):
         # The provider rejected the *gateway's* credentials: the client cannot
         # fix that, and the upstream message may echo part of the key.

@@ -14,9 +14,9 @@ from collections.abc import Mapping
 import msgspec
 
 from adapters.openai_wire import FORWARDED_ERROR_HEADERS, forward_headers
-from proxy.errors import GatewayError, UpstreamError, UpstreamFailure
+from proxy.errors import GatewayError, UpstreamError, UpstreamFailure, UpstreamProtocolError
 
-__all__ = ["auth_failed", "error_message", "moderation_blocked", "provider_error"]
+__all__ = ["auth_failed", "error_message", "moderation_blocked", "provider_error", "unexpected_status"]
 
 # OpenAI's own values for a refused prompt or image.
 _MODERATION_TYPE = "image_generation_user_error"
@@ -35,6 +35,12 @@ def auth_failed(provider: str, status: int) -> GatewayError:
         "the gateway operator must fix the provider configuration.",
         code="upstream_auth_failed",
     )
+
+
+def unexpected_status(provider: str, status: int) -> GatewayError:
+    # A redirect (or another non-error, non-success status) from an API call:
+    # never followed there, and never passed on as the client's status.
+    return UpstreamProtocolError(f"provider {provider!r} answered HTTP {status}, neither a success nor an error")
 
 
 def moderation_blocked(provider: str, message: str, headers: Mapping[str, str] | None = None) -> GatewayError:
@@ -57,6 +63,8 @@ def provider_error(
     param: str | None = None,
 ) -> GatewayError:
     """An HTTP error status from a provider, with its message if it sent one."""
+    if status < 400:
+        return unexpected_status(provider, status)
     if status in (401, 403):
         return auth_failed(provider, status)
     text = f"{(message or f'HTTP {status}')[:_MAX_MESSAGE]} (provider {provider!r})"

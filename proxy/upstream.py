@@ -13,7 +13,9 @@ Two rules keep it safe under the relay's timers:
   awaited through ``asyncio.shield``, so an interrupted wait never leaves a
   connect half-done.
 - Calls to URLs taken from a provider's answer are checked against the
-  adapter's ``Guard`` before connecting, and their bodies are cut at its size.
+  adapter's ``Guard`` before connecting (and again at each redirect, up to
+  three; the provider's headers only follow to the same host), and their
+  bodies are cut at its size.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import asyncio
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager, suppress
 from typing import TYPE_CHECKING
+
+from yarl import URL
 
 from adapters.base import Guard, ResponseHead, UpstreamRequest
 from proxy.errors import UpstreamProtocolError, UpstreamTimeout
@@ -37,6 +41,18 @@ _COLLECT_LIMIT = 1024 * 1024
 
 if TYPE_CHECKING:
     from proxy.relay import Exchange, Outcome
+
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_MAX_HOPS = 3
+
+
+def _redirected(call: UpstreamRequest, location: str) -> UpstreamRequest:
+    """The GET a redirect asks for; the call's headers (the key) only on the same host."""
+    source = URL(call.url)
+    target = source.join(URL(location))
+    headers = call.headers if (target.scheme, target.host, target.port) == (source.scheme, source.host, source.port) else {}
+    return UpstreamRequest("GET", str(target), headers, b"", guard=call.guard)
 
 
 class _Answered:
@@ -108,6 +124,7 @@ class Upstream:
         ex = self._ex
         translator = ex.translator
         loop = asyncio.get_running_loop()
+        hops = 0
         while True:
             if call.delay > 0:
                 await asyncio.sleep(call.delay)
@@ -118,6 +135,12 @@ class Upstream:
             self._cm, self._response, self._guard, self._count = cm, response, call.guard, 0
             if self._outcome.headers_after is None:
                 self._outcome.headers_after = loop.time() - self._started
+            if call.guard is not None and response.status in _REDIRECTS and hops < _MAX_HOPS:
+                # File hosts redirect to storage; each hop is checked like the first.
+                hops += 1
+                await self._close(None)
+                call = _redirected(call, response.headers.get("Location", ""))
+                continue
             if not 200 <= response.status < 300:
                 body = await read_at_most(response, ERROR_BODY_LIMIT)
                 raise translator.error(response.status, response.headers, body)
