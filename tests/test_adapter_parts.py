@@ -35,7 +35,7 @@ def _select(path):
 def _run_tap(raw: bytes, cuts: list[int]) -> tuple[list, bytes]:
     tap = JsonTap(_select)
     pieces = []
-    for a, b in zip([0, *cuts], [*cuts, len(raw)]):
+    for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True):
         pieces += tap.feed(raw[a:b])
     return pieces, tap.finish()
 
