@@ -68,3 +68,20 @@ async def test_moderated_after_keepalives_is_an_error_event(bfl) -> None:
             async for _ in stream:
                 pass
     assert info.value.body["code"] == "moderation_blocked"
+
+
+async def test_client_leaving_stops_the_polling(bfl) -> None:
+    import asyncio
+
+    import aiohttp
+
+    gw, seen = await bfl(pending_polls=10_000)  # never ready
+    async with aiohttp.ClientSession() as session:
+        resp = await session.post(gw.make_url("/v1/images/generations"),
+                                  json={"model": "img", "prompt": "a lighthouse", "stream": True})
+        assert await resp.content.readuntil(b"\n\n") == b": keep-alive\n\n"
+        resp.close()  # the client leaves mid-job
+    await asyncio.sleep(0.15)
+    polls = len(seen)
+    await asyncio.sleep(0.3)  # six poll intervals
+    assert len(seen) == polls, "the gateway kept polling for a client that left"
