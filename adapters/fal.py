@@ -51,8 +51,7 @@ from adapters.base import Guard, UpstreamRequest, check_base_url
 from adapters.fetched import FetchingTranslator, FetchOptions, Step
 from adapters.images_out import ImageMeta, ImagesWriter
 from adapters.params import native_fields, parse_size, settle
-from adapters.provider_errors import error_message, moderation_blocked, provider_error
-from adapters.tapped import malformed
+from adapters.provider_errors import error_message, malformed, moderation_blocked, provider_error
 from proxy.errors import GatewayError, UpstreamProtocolError
 from proxy.schema import ImageGenerationRequest
 

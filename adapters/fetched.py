@@ -29,7 +29,7 @@ from adapters.b64 import Base64Encoder
 from adapters.base import Guard, ResponseHead, TranslatorBase, UpstreamRequest
 from adapters.images_out import ImagesWriter
 from adapters.params import Policy
-from adapters.tapped import json_media
+from adapters.provider_errors import json_media
 from proxy.errors import UpstreamProtocolError
 
 __all__ = ["FetchOptions", "FetchingTranslator", "Step"]

@@ -69,8 +69,8 @@ from adapters.images_out import ImageMeta, ImagesWriter
 from adapters.jsontap import Path
 from adapters.openai_wire import InputTokensDetails, OutputTokensDetails, Usage
 from adapters.params import aspect_ratio, native_fields, parse_size, settle
-from adapters.provider_errors import moderation_blocked
-from adapters.tapped import TappedTranslator, malformed
+from adapters.provider_errors import malformed, moderation_blocked
+from adapters.tapped import TappedTranslator
 from proxy.errors import GatewayError, UpstreamError
 from proxy.schema import ImageGenerationRequest
 

@@ -17,6 +17,7 @@ import msgspec
 
 from adapters.base import NoOptions, ResponseHead, TranslatorBase, UpstreamRequest
 from adapters.openai_wire import Usage, forward_headers, openai_error
+from adapters.provider_errors import json_media
 from proxy.errors import GatewayError, UpstreamProtocolError
 from proxy.schema import ImageGenerationRequest, rewrite_body
 
@@ -133,14 +134,7 @@ class OpenAITranslator(TranslatorBase):
         forwarded = forward_headers(headers)
         if content_type.startswith("text/event-stream"):
             return ResponseHead(stream=True, content_type="text/event-stream", headers=forwarded)
-        media = content_type.partition(";")[0].strip().lower()
-        if media != "application/json" and not media.endswith("+json"):
-            # An HTML error page from a proxy in front of the provider, say:
-            # not an answer to relay as a success.
-            raise UpstreamProtocolError(
-                f"provider {self._provider!r} answered HTTP {status} with Content-Type {media or 'none'!r}, "
-                "not JSON or an event stream"
-            )
+        json_media(self._provider, status, headers, expected="JSON or an event stream")
         if self._request.streaming:
             self._buffer = bytearray()
             return ResponseHead(stream=True, content_type="text/event-stream", headers=forwarded, passthrough=False)

@@ -16,7 +16,7 @@ import msgspec
 from adapters.openai_wire import FORWARDED_ERROR_HEADERS, forward_headers
 from proxy.errors import GatewayError, UpstreamError, UpstreamFailure, UpstreamProtocolError
 
-__all__ = ["auth_failed", "error_message", "moderation_blocked", "provider_error", "unexpected_status"]
+__all__ = ["auth_failed", "error_message", "json_media", "malformed", "moderation_blocked", "provider_error", "unexpected_status"]
 
 # OpenAI's own values for a refused prompt or image.
 _MODERATION_TYPE = "image_generation_user_error"
@@ -35,6 +35,20 @@ def auth_failed(provider: str, status: int) -> GatewayError:
         "the gateway operator must fix the provider configuration.",
         code="upstream_auth_failed",
     )
+
+
+def json_media(provider: str, status: int, headers: Mapping[str, str], expected: str = "JSON") -> None:
+    """Refuse a success that is not JSON (an HTML page from a proxy in front of
+    the provider, say): not an answer to relay as a success."""
+    media = headers.get("Content-Type", "").partition(";")[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise UpstreamProtocolError(
+            f"provider {provider!r} answered HTTP {status} with Content-Type {media or 'none'!r}, not {expected}"
+        )
+
+
+def malformed(provider: str, exc: Exception) -> UpstreamProtocolError:
+    return UpstreamProtocolError(f"provider {provider!r} answered with malformed JSON: {exc}")
 
 
 def unexpected_status(provider: str, status: int) -> GatewayError:

@@ -14,22 +14,9 @@ from collections.abc import Callable, Mapping
 from adapters.base import ResponseHead, TranslatorBase, UpstreamRequest
 from adapters.images_out import ImagesWriter
 from adapters.jsontap import Close, JsonTap, Open, Path
-from proxy.errors import UpstreamProtocolError
+from adapters.provider_errors import json_media
 
-__all__ = ["TappedTranslator", "json_media", "malformed"]
-
-
-def malformed(provider: str, exc: Exception) -> UpstreamProtocolError:
-    return UpstreamProtocolError(f"provider {provider!r} answered with malformed JSON: {exc}")
-
-
-def json_media(provider: str, status: int, headers: Mapping[str, str]) -> None:
-    """Refuse a success that is not JSON (an HTML page from a proxy, say)."""
-    media = headers.get("Content-Type", "").partition(";")[0].strip().lower()
-    if media != "application/json" and not media.endswith("+json"):
-        raise UpstreamProtocolError(
-            f"provider {provider!r} answered HTTP {status} with Content-Type {media or 'none'!r}, not JSON"
-        )
+__all__ = ["TappedTranslator"]
 
 
 class TappedTranslator(TranslatorBase):

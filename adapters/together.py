@@ -21,8 +21,8 @@ from adapters.base import UpstreamRequest, check_base_url
 from adapters.images_out import ImageMeta, ImagesWriter
 from adapters.jsontap import Path
 from adapters.params import Policy, native_fields, parse_size, settle
-from adapters.provider_errors import error_message, provider_error
-from adapters.tapped import TappedTranslator, malformed
+from adapters.provider_errors import error_message, malformed, provider_error
+from adapters.tapped import TappedTranslator
 from proxy.errors import GatewayError
 from proxy.schema import ImageGenerationRequest
 

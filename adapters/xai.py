@@ -58,13 +58,8 @@ from adapters.base import UpstreamRequest, check_base_url
 from adapters.images_out import ImageMeta, ImagesWriter
 from adapters.jsontap import Close, Open, Path
 from adapters.params import Policy, aspect_ratio, native_fields, parse_size, settle
-from adapters.provider_errors import (
-    auth_failed,
-    error_message,
-    moderation_blocked,
-    provider_error,
-)
-from adapters.tapped import TappedTranslator, malformed
+from adapters.provider_errors import auth_failed, error_message, malformed, moderation_blocked, provider_error
+from adapters.tapped import TappedTranslator
 from proxy.errors import GatewayError, UpstreamProtocolError
 from proxy.schema import ImageGenerationRequest
 
