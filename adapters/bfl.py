@@ -21,10 +21,9 @@ from collections.abc import Mapping
 from typing import ClassVar, Literal
 
 import msgspec
-from yarl import URL
 
 from adapters.base import Guard, UpstreamRequest, check_base_url
-from adapters.fetched import FetchingTranslator, FetchOptions, Step
+from adapters.fetched import FetchingTranslator, FetchOptions, Polling, Step
 from adapters.images_out import ImageMeta, ImagesWriter
 from adapters.params import aspect_ratio, native_fields, parse_size, settle
 from adapters.provider_errors import error_message, malformed, moderation_blocked, provider_error
@@ -91,7 +90,7 @@ _MODERATED = frozenset({"Request Moderated", "Content Moderated"})
 
 
 class BflTranslator(FetchingTranslator):
-    __slots__ = ("_base", "_key_headers", "_poll_guard", "_poll_interval", "_polling_url", "_submitted")
+    __slots__ = ("_base", "_polling_url", "_submitted")
 
     def __init__(
         self,
@@ -100,18 +99,13 @@ class BflTranslator(FetchingTranslator):
         writer: ImagesWriter,
         headers: dict[str, str],
         fetch_guard: Guard,
+        polling: Polling,
         *,
         as_urls: bool,
         base: str,
-        key_headers: dict[str, str],
-        poll_guard: Guard,
-        poll_interval: float,
     ) -> None:
-        super().__init__(provider, submit, writer, headers, fetch_guard, as_urls=as_urls)
+        super().__init__(provider, submit, writer, headers, fetch_guard, polling, as_urls=as_urls)
         self._base = base
-        self._key_headers = key_headers
-        self._poll_guard = poll_guard
-        self._poll_interval = poll_interval
         self._submitted = False
         self._polling_url = ""
 
@@ -139,7 +133,7 @@ class BflTranslator(FetchingTranslator):
 
     def _poll(self, url: str) -> UpstreamRequest:
         self._polling_url = url
-        return UpstreamRequest("GET", url, self._key_headers, b"", guard=self._poll_guard, delay=self._poll_interval)
+        return self.polling.get(url)
 
     def error(self, status: int, headers: Mapping[str, str], body: bytes) -> GatewayError:
         return provider_error(self.provider, status, headers, error_message(body))
@@ -160,12 +154,11 @@ class BflAdapter:
         self.options = options
         self.clock = time.time
         self._base = (base_url or DEFAULT_URL).rstrip("/")
-        self._key_headers = {**headers, "Accept": "application/json"}
+        key_headers = {**headers, "Accept": "application/json"}
         if api_key:
-            self._key_headers["x-key"] = api_key
-        base_host = URL(self._base).host or ""
-        self._poll_guard = Guard(hosts=(base_host, *(options.poll_hosts or POLL_HOSTS)))
-        self._fetch_guard = Guard(hosts=tuple(options.fetch_hosts or FETCH_HOSTS), max_bytes=options.max_fetch_bytes)
+            key_headers["x-key"] = api_key
+        self._polling = options.polling(self._base, key_headers, POLL_HOSTS)
+        self._fetch_guard = options.fetch_guard(FETCH_HOSTS)
 
     def translator(
         self, request: ImageGenerationRequest, body: bytes, upstream_model: str, request_id: str
@@ -190,7 +183,7 @@ class BflAdapter:
         submit = UpstreamRequest(
             "POST",
             f"{self._base}/{upstream_model}",
-            {**self._key_headers, "Content-Type": "application/json"},
+            {**self._polling.headers, "Content-Type": "application/json"},
             _encoder.encode(fields),
         )
         return BflTranslator(
@@ -199,9 +192,7 @@ class BflAdapter:
             ImagesWriter(request.streaming, meta),
             headers,
             self._fetch_guard,
+            self._polling,
             as_urls=request.response_format == "url",
             base=self._base,
-            key_headers=self._key_headers,
-            poll_guard=self._poll_guard,
-            poll_interval=opts.poll_interval,
         )

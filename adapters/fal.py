@@ -45,10 +45,9 @@ from collections.abc import Mapping
 from typing import ClassVar
 
 import msgspec
-from yarl import URL
 
 from adapters.base import Guard, UpstreamRequest, check_base_url
-from adapters.fetched import FetchingTranslator, FetchOptions, Step
+from adapters.fetched import FetchingTranslator, FetchOptions, Polling, Step
 from adapters.images_out import ImageMeta, ImagesWriter
 from adapters.params import native_fields, parse_size, settle
 from adapters.provider_errors import error_message, malformed, moderation_blocked, provider_error
@@ -153,7 +152,7 @@ def _read_error(body: bytes) -> tuple[str | None, bool]:
 
 
 class FalTranslator(FetchingTranslator):
-    __slots__ = ("_app_url", "_key_headers", "_phase", "_poll_guard", "_poll_interval", "_response_url", "_status_url")
+    __slots__ = ("_app_url", "_phase", "_response_url", "_status_url")
 
     def __init__(
         self,
@@ -162,18 +161,13 @@ class FalTranslator(FetchingTranslator):
         writer: ImagesWriter,
         headers: dict[str, str],
         fetch_guard: Guard,
+        polling: Polling,
         *,
         as_urls: bool,
         app_url: str,
-        key_headers: dict[str, str],
-        poll_guard: Guard,
-        poll_interval: float,
     ) -> None:
-        super().__init__(provider, submit, writer, headers, fetch_guard, as_urls=as_urls)
+        super().__init__(provider, submit, writer, headers, fetch_guard, polling, as_urls=as_urls)
         self._app_url = app_url
-        self._key_headers = key_headers
-        self._poll_guard = poll_guard
-        self._poll_interval = poll_interval
         # Which document comes next: "submitted", "status" or "result".
         self._phase = "submitted"
         self._status_url = ""
@@ -196,11 +190,11 @@ class FalTranslator(FetchingTranslator):
         self._status_url = job.status_url or f"{base}/status"
         self._response_url = job.response_url or base
         self._phase = "status"
-        return self._get(self._status_url, self._poll_interval)
+        return self.polling.get(self._status_url)
 
     def _status(self, status: _Status) -> Step:
         if status.status in _WORKING:
-            return self._get(self._status_url, self._poll_interval)
+            return self.polling.get(self._status_url)
         if status.status != "COMPLETED":
             raise UpstreamProtocolError(f"provider {self.provider!r} reported an unknown job status {status.status[:50]!r}")
         if status.error and status.error_type:
@@ -211,7 +205,7 @@ class FalTranslator(FetchingTranslator):
             raise provider_error(self.provider, 504 if status.error_type.endswith("timeout") else 502, {}, text)
         # Done, or an app error: the result call answers with the image URLs or the app's own error status.
         self._phase = "result"
-        return self._get(self._response_url, 0.0)
+        return self.polling.get(self._response_url, delay=0.0)
 
     def _images(self, result: _Result) -> list[str]:
         images = result.images or ([result.image] if result.image is not None else [])
@@ -222,9 +216,6 @@ class FalTranslator(FetchingTranslator):
                 self.provider, "fal's safety checker flagged every image (has_nsfw_concepts); none was returned."
             )
         return kept
-
-    def _get(self, url: str, delay: float) -> UpstreamRequest:
-        return UpstreamRequest("GET", url, self._key_headers, b"", guard=self._poll_guard, delay=delay)
 
     def error(self, status: int, headers: Mapping[str, str], body: bytes) -> GatewayError:
         message, policy = _read_error(body)
@@ -251,12 +242,11 @@ class FalAdapter:
         self.options = options
         self.clock = time.time
         self._base = (base_url or DEFAULT_URL).rstrip("/")
-        self._key_headers = {**headers, "Accept": "application/json"}
+        key_headers = {**headers, "Accept": "application/json"}
         if api_key:
-            self._key_headers["Authorization"] = f"Key {api_key}"
-        base_host = URL(self._base).host or ""
-        self._poll_guard = Guard(hosts=(base_host, *(options.poll_hosts or POLL_HOSTS)))
-        self._fetch_guard = Guard(hosts=tuple(options.fetch_hosts or FETCH_HOSTS), max_bytes=options.max_fetch_bytes)
+            key_headers["Authorization"] = f"Key {api_key}"
+        self._polling = options.polling(self._base, key_headers, POLL_HOSTS)
+        self._fetch_guard = options.fetch_guard(FETCH_HOSTS)
 
     def translator(
         self, request: ImageGenerationRequest, body: bytes, upstream_model: str, request_id: str
@@ -282,7 +272,7 @@ class FalAdapter:
         submit = UpstreamRequest(
             "POST",
             f"{self._base}/{app}",
-            {**self._key_headers, "Content-Type": "application/json"},
+            {**self._polling.headers, "Content-Type": "application/json"},
             _encoder.encode(fields),
         )
         # Status and result live under the app id, without any subpath (".../flux/dev" → "fal-ai/flux").
@@ -294,9 +284,7 @@ class FalAdapter:
             ImagesWriter(request.streaming, meta),
             dropped,
             self._fetch_guard,
+            self._polling,
             as_urls=request.response_format == "url",
             app_url=f"{self._base}/{app_id}",
-            key_headers=self._key_headers,
-            poll_guard=self._poll_guard,
-            poll_interval=opts.poll_interval,
         )

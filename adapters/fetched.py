@@ -24,6 +24,7 @@ from typing import Annotated
 
 import msgspec
 from msgspec import Meta
+from yarl import URL
 
 from adapters.b64 import Base64Encoder
 from adapters.base import Guard, ResponseHead, TranslatorBase, UpstreamRequest
@@ -32,7 +33,7 @@ from adapters.params import Policy
 from adapters.provider_errors import json_media
 from proxy.errors import UpstreamProtocolError
 
-__all__ = ["FetchOptions", "FetchingTranslator", "Step"]
+__all__ = ["FetchOptions", "FetchingTranslator", "Polling", "Step"]
 
 
 class FetchOptions(msgspec.Struct, forbid_unknown_fields=True):
@@ -44,6 +45,27 @@ class FetchOptions(msgspec.Struct, forbid_unknown_fields=True):
     # Hosts status polls may go to (they carry the key); empty: the adapter's defaults.
     poll_hosts: list[str] = []
     max_fetch_bytes: Annotated[int, Meta(gt=0)] = 64 * 1024 * 1024
+
+    def polling(self, base_url: str, key_headers: dict[str, str], default_hosts: tuple[str, ...]) -> Polling:
+        # The configured API host is always allowed: the submit went there.
+        hosts = (URL(base_url).host or "", *(self.poll_hosts or default_hosts))
+        return Polling(key_headers, Guard(hosts=hosts), self.poll_interval)
+
+    def fetch_guard(self, default_hosts: tuple[str, ...]) -> Guard:
+        return Guard(hosts=tuple(self.fetch_hosts or default_hosts), max_bytes=self.max_fetch_bytes)
+
+
+class Polling(msgspec.Struct, frozen=True):
+    """How a provider's status documents are fetched: with its key, only from
+    its API hosts, ``interval`` seconds apart."""
+
+    headers: dict[str, str]
+    guard: Guard
+    interval: float
+
+    def get(self, url: str, *, delay: float | None = None) -> UpstreamRequest:
+        wait = self.interval if delay is None else delay
+        return UpstreamRequest("GET", url, self.headers, b"", guard=self.guard, delay=wait)
 
 
 # What a status document says: poll again (this call), or the result URLs.
@@ -59,7 +81,7 @@ class FetchingTranslator(TranslatorBase):
 
     __slots__ = (
         "_as_urls", "_download_guard", "_encoder", "_first", "_next", "_opened", "_urls", "downloading",
-        "headers", "provider", "waits", "writer",
+        "headers", "polling", "provider", "waits", "writer",
     )
 
     def __init__(
@@ -69,10 +91,12 @@ class FetchingTranslator(TranslatorBase):
         writer: ImagesWriter,
         headers: dict[str, str],
         download_guard: Guard,
+        polling: Polling,
         *,
         as_urls: bool,
     ) -> None:
         self.provider = provider
+        self.polling = polling
         self.headers = headers
         self.writer = writer
         self.waits = writer.stream

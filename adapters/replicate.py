@@ -48,10 +48,9 @@ from urllib.parse import quote
 
 import msgspec
 from msgspec import Meta
-from yarl import URL
 
 from adapters.base import Guard, UpstreamRequest, check_base_url
-from adapters.fetched import FetchingTranslator, FetchOptions, Step
+from adapters.fetched import FetchingTranslator, FetchOptions, Polling, Step
 from adapters.images_out import ImageMeta, ImagesWriter
 from adapters.params import native_fields, parse_size, settle
 from adapters.provider_errors import error_message, malformed, moderation_blocked, provider_error
@@ -167,7 +166,7 @@ _WORKING = frozenset({"starting", "processing"})
 
 
 class ReplicateTranslator(FetchingTranslator):
-    __slots__ = ("_base", "_key_headers", "_markers", "_poll_guard", "_poll_interval", "_submitted")
+    __slots__ = ("_base", "_markers", "_submitted")
 
     def __init__(
         self,
@@ -176,19 +175,14 @@ class ReplicateTranslator(FetchingTranslator):
         writer: ImagesWriter,
         headers: dict[str, str],
         fetch_guard: Guard,
+        polling: Polling,
         *,
         as_urls: bool,
         base: str,
-        key_headers: dict[str, str],
-        poll_guard: Guard,
-        poll_interval: float,
         markers: list[str],
     ) -> None:
-        super().__init__(provider, submit, writer, headers, fetch_guard, as_urls=as_urls)
+        super().__init__(provider, submit, writer, headers, fetch_guard, polling, as_urls=as_urls)
         self._base = base
-        self._key_headers = key_headers
-        self._poll_guard = poll_guard
-        self._poll_interval = poll_interval
         self._markers = markers
         self._submitted = False
 
@@ -225,7 +219,7 @@ class ReplicateTranslator(FetchingTranslator):
             if not prediction.id:
                 raise UpstreamProtocolError(f"provider {self.provider!r} answered a prediction without id or urls.get")
             url = f"{self._base}/v1/predictions/{quote(prediction.id, safe='')}"
-        return UpstreamRequest("GET", url, self._key_headers, b"", guard=self._poll_guard, delay=self._poll_interval)
+        return self.polling.get(url)
 
     def _failed(self, error: object) -> GatewayError:
         text = (error if isinstance(error, str) else "" if error is None else str(error))[:_MAX_ERROR]
@@ -292,15 +286,14 @@ class ReplicateAdapter:
         base = (base_url or DEFAULT_URL).rstrip("/")
         # Accept the base with or without the API version.
         self._base = base.removesuffix("/v1")
-        self._key_headers = {**headers, "Accept": "application/json"}
+        key_headers = {**headers, "Accept": "application/json"}
         if api_key:
-            self._key_headers["Authorization"] = f"Bearer {api_key}"
-        self._submit_headers = {**self._key_headers, "Content-Type": "application/json"}
+            key_headers["Authorization"] = f"Bearer {api_key}"
+        self._submit_headers = {**key_headers, "Content-Type": "application/json"}
         if options.wait:
             self._submit_headers["Prefer"] = f"wait={options.wait}"
-        base_host = URL(self._base).host or ""
-        self._poll_guard = Guard(hosts=(base_host, *(options.poll_hosts or POLL_HOSTS)))
-        self._fetch_guard = Guard(hosts=tuple(options.fetch_hosts or FETCH_HOSTS), max_bytes=options.max_fetch_bytes)
+        self._polling = options.polling(self._base, key_headers, POLL_HOSTS)
+        self._fetch_guard = options.fetch_guard(FETCH_HOSTS)
 
     def translator(
         self, request: ImageGenerationRequest, body: bytes, upstream_model: str, request_id: str
@@ -336,10 +329,8 @@ class ReplicateAdapter:
             ImagesWriter(request.streaming, meta),
             headers,
             self._fetch_guard,
+            self._polling,
             as_urls=request.response_format == "url",
             base=self._base,
-            key_headers=self._key_headers,
-            poll_guard=self._poll_guard,
-            poll_interval=opts.poll_interval,
             markers=[m.lower() for m in opts.safety_markers],
         )
