@@ -49,7 +49,7 @@ import msgspec
 from adapters.base import Guard, UpstreamRequest, check_base_url
 from adapters.fetched import FetchingTranslator, FetchOptions, Polling, Step
 from adapters.images_out import ImageMeta, ImagesWriter
-from adapters.params import native_fields, parse_size, settle
+from adapters.params import native_fields, parse_size, reported_size, settle
 from adapters.provider_errors import error_message, malformed, moderation_blocked, provider_error
 from proxy.errors import GatewayError, UpstreamProtocolError
 from proxy.schema import ImageGenerationRequest
@@ -265,7 +265,7 @@ class FalAdapter:
         fields["output_format"] = fmt
         meta = ImageMeta(
             created=int(self.clock()),
-            size=request.size if isinstance(request.size, str) else "auto",
+            size=reported_size(request.size),
             output_format=str(fmt),
         )
         app = upstream_model.strip("/")

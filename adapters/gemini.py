@@ -68,7 +68,7 @@ from adapters.google import (
 from adapters.images_out import ImageMeta, ImagesWriter
 from adapters.jsontap import Path
 from adapters.openai_wire import InputTokensDetails, OutputTokensDetails, Usage
-from adapters.params import aspect_ratio, native_fields, parse_size, settle
+from adapters.params import aspect_ratio, native_fields, parse_size, reported_size, settle
 from adapters.provider_errors import malformed, moderation_blocked
 from adapters.tapped import TappedTranslator
 from proxy.errors import GatewayError, UpstreamError
@@ -321,7 +321,7 @@ class GeminiAdapter:
         }
         meta = ImageMeta(
             created=int(self.clock()),
-            size=request.size if isinstance(request.size, str) else "auto",
+            size=reported_size(request.size),
             output_format=fmt,
         )
         call = self.target.call(upstream_model, "generateContent", _encoder.encode(fields))

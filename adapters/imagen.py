@@ -55,7 +55,7 @@ from adapters.google import (
 )
 from adapters.images_out import ImageMeta, ImagesWriter
 from adapters.jsontap import Path
-from adapters.params import aspect_ratio, native_fields, parse_size, settle
+from adapters.params import aspect_ratio, native_fields, parse_size, reported_size, settle
 from adapters.provider_errors import malformed, moderation_blocked
 from adapters.tapped import TappedTranslator
 from proxy.errors import GatewayError, UpstreamError
@@ -179,7 +179,7 @@ class ImagenAdapter:
         fields = {"instances": [{"prompt": request.prompt}], "parameters": params}
         meta = ImageMeta(
             created=int(self.clock()),
-            size=request.size if isinstance(request.size, str) else "auto",
+            size=reported_size(request.size),
             output_format=fmt,
         )
         call = self.target.call(upstream_model, "predict", _encoder.encode(fields))

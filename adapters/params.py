@@ -18,7 +18,7 @@ import msgspec
 from proxy.errors import InvalidRequest
 from proxy.schema import GATEWAY_ONLY_FIELDS, ImageGenerationRequest
 
-__all__ = ["DROPPED_HEADER", "Policy", "aspect_ratio", "native_fields", "parse_size", "settle"]
+__all__ = ["DROPPED_HEADER", "Policy", "aspect_ratio", "native_fields", "parse_size", "reported_size", "settle"]
 
 Policy = Literal["reject", "drop"]
 DROPPED_HEADER = "x-pixelgate-dropped-params"
@@ -45,6 +45,11 @@ def parse_size(size: object) -> tuple[int, int] | None:
         return None
     w, _, h = size.partition("x")
     return int(w), int(h)
+
+
+def reported_size(size: object) -> str:
+    """The ``size`` reported beside the images: the one asked for, else ``auto``."""
+    return size if isinstance(size, str) else "auto"
 
 
 def aspect_ratio(width: int, height: int, allowed: Sequence[str], tolerance: float = 0.02) -> str | None:

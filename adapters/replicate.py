@@ -52,7 +52,7 @@ from msgspec import Meta
 from adapters.base import Guard, UpstreamRequest, check_base_url
 from adapters.fetched import FetchingTranslator, FetchOptions, Polling, Step
 from adapters.images_out import ImageMeta, ImagesWriter
-from adapters.params import native_fields, parse_size, settle
+from adapters.params import native_fields, parse_size, reported_size, settle
 from adapters.provider_errors import error_message, malformed, moderation_blocked, provider_error
 from proxy.errors import GatewayError, UpstreamFailure, UpstreamProtocolError
 from proxy.schema import ImageGenerationRequest
@@ -319,7 +319,7 @@ class ReplicateAdapter:
         url, extra = _model_call(self._base, upstream_model)
         meta = ImageMeta(
             created=int(self.clock()),
-            size=request.size if isinstance(request.size, str) else "auto",
+            size=reported_size(request.size),
             output_format=fmt,
         )
         submit = UpstreamRequest("POST", url, self._submit_headers, _encoder.encode({**extra, "input": fields}))

@@ -43,7 +43,7 @@ import msgspec
 from adapters.b64 import Base64Encoder
 from adapters.base import ResponseHead, TranslatorBase, UpstreamRequest, check_base_url
 from adapters.images_out import ImageMeta, ImagesWriter
-from adapters.params import Policy, aspect_ratio, native_fields, parse_size, settle
+from adapters.params import Policy, aspect_ratio, native_fields, parse_size, reported_size, settle
 from adapters.provider_errors import error_message, moderation_blocked, provider_error
 from proxy.errors import (
     GatewayError,
@@ -244,7 +244,7 @@ class StabilityAdapter:
         meta = ImageMeta(
             created=int(self.clock()),
             # The size asked for (Stability picks pixels near it), unless it was dropped.
-            size=request.size if isinstance(request.size, str) and ratio is not None else "auto",
+            size=reported_size(request.size) if ratio is not None else "auto",
             output_format=str(fmt),
         )
         return StabilityTranslator(self.name, call, ImagesWriter(request.streaming, meta), headers)

@@ -20,7 +20,7 @@ import msgspec
 from adapters.base import UpstreamRequest, check_base_url
 from adapters.images_out import ImageMeta, ImagesWriter
 from adapters.jsontap import Path
-from adapters.params import Policy, native_fields, parse_size, settle
+from adapters.params import Policy, native_fields, parse_size, reported_size, settle
 from adapters.provider_errors import error_message, malformed, provider_error
 from adapters.tapped import TappedTranslator
 from proxy.errors import GatewayError
@@ -124,7 +124,7 @@ class TogetherAdapter:
         fields["output_format"] = fmt
         meta = ImageMeta(
             created=int(self.clock()),
-            size=request.size if isinstance(request.size, str) else "auto",
+            size=reported_size(request.size),
             quality="auto",
             output_format=str(fmt),
         )

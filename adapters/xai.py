@@ -57,7 +57,7 @@ import msgspec
 from adapters.base import UpstreamRequest, check_base_url
 from adapters.images_out import ImageMeta, ImagesWriter
 from adapters.jsontap import Close, Open, Path
-from adapters.params import Policy, aspect_ratio, native_fields, parse_size, settle
+from adapters.params import Policy, aspect_ratio, native_fields, parse_size, reported_size, settle
 from adapters.provider_errors import auth_failed, error_message, malformed, moderation_blocked, provider_error
 from adapters.tapped import TappedTranslator
 from proxy.errors import GatewayError, UpstreamProtocolError
@@ -290,7 +290,7 @@ class XaiAdapter:
         fields.update(native)
         meta = ImageMeta(
             created=int(self.clock()),
-            size=request.size if isinstance(request.size, str) else "auto",
+            size=reported_size(request.size),
             quality=str(request.quality) if request.quality in QUALITIES else "auto",
             output_format=returns,
         )
