@@ -115,21 +115,17 @@ class FetchingTranslator(TranslatorBase):
     def request(self) -> UpstreamRequest:
         return self._first
 
-    def _head(self, collect: bool = False) -> ResponseHead:
-        content_type = "text/event-stream" if self.writer.stream else "application/json"
-        return ResponseHead(stream=self.writer.stream, content_type=content_type, passthrough=False, collect=collect)
-
     def response(self, status: int, headers: Mapping[str, str]) -> ResponseHead:
         if not self.downloading:
             json_media(self.provider, status, headers)
-            return self._head(collect=True)
+            return self.writer.head(collect=True)
         media = headers.get("Content-Type", "").lower()
         if media and not media.startswith(_IMAGE_TYPES):
             raise UpstreamProtocolError(f"provider {self.provider!r} served a result file of type {media!r}, not an image")
         self._encoder = Base64Encoder()
         self._opened = False
         self._saw_format(media)
-        return self._head()
+        return self.writer.head()
 
     def collected(self, body: bytes) -> ResponseHead | None:
         step = self.step(body)
@@ -141,7 +137,7 @@ class FetchingTranslator(TranslatorBase):
         self._urls = deque(step)
         if self._as_urls or step[0].startswith("data:"):
             # Nothing to download first: finish() writes what is at hand.
-            return self._head()
+            return self.writer.head()
         self._next = self._download(self._urls.popleft())
         return None
 

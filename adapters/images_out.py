@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import msgspec
 
+from adapters.base import ResponseHead
 from adapters.openai_wire import Usage
 from proxy.errors import UpstreamProtocolError
 
@@ -68,6 +69,11 @@ class ImagesWriter:
         self._open = False
         # Stream mode with usage_last: the last image's event awaits its tail.
         self._pending = False
+
+    def head(self, *, collect: bool = False) -> ResponseHead:
+        """How the relay treats the provider's answer that this writer translates."""
+        content_type = "text/event-stream" if self.stream else "application/json"
+        return ResponseHead(stream=self.stream, content_type=content_type, passthrough=False, collect=collect)
 
     def open(self) -> bytes:
         """Bytes that start the next image's ``b64_json`` string."""

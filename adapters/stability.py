@@ -168,8 +168,7 @@ class StabilityTranslator(TranslatorBase):
             raise UpstreamProtocolError(
                 f"provider {self.provider!r} answered HTTP {status} with Content-Type {media or 'none'!r}, not an image"
             )
-        content_type = "text/event-stream" if self.writer.stream else "application/json"
-        return ResponseHead(stream=self.writer.stream, content_type=content_type, passthrough=False)
+        return self.writer.head()
 
     def feed(self, chunk: bytes) -> bytes:
         out = self._encoder.feed(chunk)

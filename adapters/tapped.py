@@ -44,9 +44,7 @@ class TappedTranslator(TranslatorBase):
 
     def response(self, status: int, headers: Mapping[str, str]) -> ResponseHead:
         json_media(self.provider, status, headers)
-        if self.writer.stream:
-            return ResponseHead(stream=True, content_type="text/event-stream", passthrough=False)
-        return ResponseHead(stream=False, content_type="application/json", passthrough=False)
+        return self.writer.head()
 
     def feed(self, chunk: bytes) -> bytes:
         pieces = self._tap.feed(chunk)
