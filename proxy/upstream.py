@@ -99,7 +99,7 @@ class Upstream:
         if chunk:
             if self._guard is not None:
                 self._count += len(chunk)
-                self._check_size(self._guard)
+                self._check_size(self._guard, self._count)
             out = translator.feed(chunk)
             return (chunk if out is None else out), False
         tail = translator.finish()
@@ -147,9 +147,7 @@ class Upstream:
             if call.guard is not None:
                 length = response.headers.get("Content-Length", "")
                 if length.isdigit():
-                    self._count = int(length)
-                    self._check_size(call.guard)
-                    self._count = 0
+                    self._check_size(call.guard, int(length))
             head = translator.response(response.status, response.headers)
             if not head.collect:
                 self.headers = response.headers
@@ -177,8 +175,8 @@ class Upstream:
             raise UpstreamProtocolError(f"provider {self._ex.provider!r} sent a status document over {_COLLECT_LIMIT} bytes")
         return body
 
-    def _check_size(self, guard: Guard) -> None:
-        if self._count > guard.max_bytes:
+    def _check_size(self, guard: Guard, size: int) -> None:
+        if size > guard.max_bytes:
             raise UpstreamProtocolError(
                 f"provider {self._ex.provider!r} returned a file over the {guard.max_bytes}-byte limit "
                 "(the provider's options.max_fetch_bytes)"
