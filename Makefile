@@ -5,19 +5,28 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
-.PHONY: run test bench demo-upstream clean deb-packages
+.PHONY: run test check bench lock demo-upstream clean deb-packages
+
+# Exact versions, with hashes: what the tests ran with is what runs
+# (requirements.lock: runtime, also used by deploy/Dockerfile;
+# requirements-dev.lock: runtime + tests + checks). Refresh both: `make lock`.
+LOCK     := requirements.lock
+DEV_LOCK := requirements-dev.lock
+COMPILE  := $(BIN)/uv pip compile pyproject.toml --python-version 3.11 \
+            --python-platform x86_64-manylinux_2_28 --generate-hashes --no-header --upgrade -q
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Runtime dependencies only; reinstalled when pyproject.toml changes.
-$(VENV)/.runtime: pyproject.toml | $(BIN)/python
+# Runtime dependencies only; reinstalled when the lock changes.
+$(VENV)/.runtime: pyproject.toml $(LOCK) | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $@
 
-$(VENV)/.test: pyproject.toml $(VENV)/.runtime
-	$(BIN)/python -m pip install -q -e '.[test]'
+$(VENV)/.test: $(DEV_LOCK) $(VENV)/.runtime
+	$(BIN)/python -m pip install -q --require-hashes -r $(DEV_LOCK)
 	touch $@
 
 run: $(VENV)/.runtime
@@ -34,8 +43,18 @@ deb-packages:
 	  && command -v redis-server >/dev/null 2>&1 \
 	  || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends $(DEB_PACKAGES); }
 
-test: $(VENV)/.test deb-packages
+# Lint and import order (ruff), types (mypy), the layers contract (import-linter).
+check: $(VENV)/.test
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: check deb-packages
 	$(BIN)/python -m pytest -q
+
+lock: $(VENV)/.test
+	$(COMPILE) -o $(LOCK)
+	$(COMPILE) --extra test -o $(DEV_LOCK)
 
 bench: $(VENV)/.test
 	$(BIN)/python -m bench.run

@@ -6,23 +6,25 @@ Adding a provider means one file here and one line in ``REGISTRY``.
 from __future__ import annotations
 
 from types import MappingProxyType
+from typing import Any
 
-from adapters.azure import AzureAdapter
-from adapters.base import Adapter
-from adapters.bfl import BflAdapter
-from adapters.demo import DemoAdapter
-from adapters.fal import FalAdapter
-from adapters.gemini import GeminiAdapter
-from adapters.imagen import ImagenAdapter
-from adapters.openai import OpenAIAdapter
-from adapters.replicate import ReplicateAdapter
-from adapters.stability import StabilityAdapter
-from adapters.together import TogetherAdapter
-from adapters.xai import XaiAdapter
+from pixelgate.adapters.azure import AzureAdapter
+from pixelgate.adapters.base import AdapterBase
+from pixelgate.adapters.bfl import BflAdapter
+from pixelgate.adapters.demo import DemoAdapter
+from pixelgate.adapters.fal import FalAdapter
+from pixelgate.adapters.gemini import GeminiAdapter
+from pixelgate.adapters.imagen import ImagenAdapter
+from pixelgate.adapters.openai import OpenAIAdapter
+from pixelgate.adapters.replicate import ReplicateAdapter
+from pixelgate.adapters.stability import StabilityAdapter
+from pixelgate.adapters.together import TogetherAdapter
+from pixelgate.adapters.xai import XaiAdapter
 
-__all__ = ["REGISTRY", "Adapter"]
+__all__ = ["REGISTRY"]
 
-REGISTRY: MappingProxyType[str, type[Adapter]] = MappingProxyType(
+# Each entry also satisfies pixelgate.core.translator.Adapter, which is all the proxy relies on.
+REGISTRY: MappingProxyType[str, type[AdapterBase[Any]]] = MappingProxyType(
     {
         "azure": AzureAdapter,
         "bfl": BflAdapter,

@@ -52,21 +52,20 @@ allow-list as OpenAI's, so ``apim-request-id`` and ``x-ms-*`` stay here.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
-from typing import ClassVar, Literal
+from typing import Literal
 from urllib.parse import quote
 
 import msgspec
 
-from adapters.base import check_base_url
-from adapters.openai import OpenAITranslator
-from adapters.openai_wire import openai_error
-from adapters.params import Policy
-from adapters.provider_errors import error_message, moderation_blocked, provider_error
-from adapters.tokens import StaticToken, TokenSource
-from proxy.errors import GatewayError, UpstreamError
-from proxy.schema import ImageGenerationRequest
+from pixelgate.adapters.base import AdapterBase, check_base_url
+from pixelgate.adapters.openai import PASS_THROUGH, OpenAITranslator
+from pixelgate.adapters.openai_wire import openai_error
+from pixelgate.adapters.params import Policy
+from pixelgate.adapters.provider_errors import error_message, moderation_blocked, provider_error
+from pixelgate.adapters.tokens import StaticToken, TokenSource
+from pixelgate.core.errors import GatewayError, UpstreamError
+from pixelgate.core.translator import Generation, ProviderSettings
 
 __all__ = ["AzureAdapter", "AzureOptions", "AzureTranslator", "StaticToken", "TokenSource"]
 
@@ -147,27 +146,26 @@ def _endpoint(base_url: str) -> str:
     return base
 
 
-class AzureAdapter:
-    Options: ClassVar[type[msgspec.Struct]] = AzureOptions
+class AzureAdapter(AdapterBase[AzureOptions]):
+    Options = AzureOptions
+    # Azure OpenAI speaks OpenAI's Images API and judges the parameters itself.
+    capabilities = msgspec.structs.replace(PASS_THROUGH, provider="Azure OpenAI")
+    __slots__ = ("_headers", "_openai", "credentials")
 
     @classmethod
-    def check(cls, *, base_url: str | None, api_key: str | None, options: msgspec.Struct) -> None:
-        check_base_url(base_url, required=True)
+    def check(cls, settings: ProviderSettings) -> None:
+        check_base_url(settings.base_url, required=True)
+        options = settings.options
         assert isinstance(options, AzureOptions)
         if options.api == "deployments" and not options.api_version:
             raise ValueError("options.api_version: required for the deployments path (e.g. 2025-04-01-preview)")
 
-    def __init__(
-        self, *, name: str, base_url: str | None, api_key: str | None, headers: Mapping[str, str], options: msgspec.Struct
-    ) -> None:
-        assert isinstance(options, AzureOptions) and base_url is not None
-        self.name = name
-        self.options = options
-        # Unused (Azure's answer carries its own `created`); the adapters' common shape.
-        self.clock = time.time
-        self._openai = _endpoint(base_url) + "/openai"
-        self._headers = {"Content-Type": "application/json", **headers}
-        self.credentials: TokenSource | None = StaticToken(api_key) if api_key else None
+    def setup(self, settings: ProviderSettings) -> None:
+        assert settings.base_url is not None
+        # The clock is unused: Azure's answer carries its own `created`.
+        self._openai = _endpoint(settings.base_url) + "/openai"
+        self._headers = {"Content-Type": "application/json", **settings.headers}
+        self.credentials: TokenSource | None = StaticToken(settings.api_key) if settings.api_key else None
 
     def _url(self, deployment: str) -> str:
         o = self.options
@@ -179,15 +177,13 @@ class AzureAdapter:
             f"?api-version={quote(o.api_version, safe='')}"
         )
 
-    def translator(
-        self, request: ImageGenerationRequest, body: bytes, upstream_model: str, request_id: str
-    ) -> AzureTranslator:
+    def generation(self, g: Generation) -> AzureTranslator:
         # As the openai adapter sends it (Azure's x-ms-client-request-id wants a GUID).
-        headers = {**self._headers, "X-Client-Request-Id": request_id}
+        headers = {**self._headers, "X-Client-Request-Id": g.request_id}
         if self.credentials is not None:
             credential = self.credentials.token()
             if self.options.auth == "bearer":
                 headers["Authorization"] = f"Bearer {credential}"
             else:
                 headers["api-key"] = credential
-        return AzureTranslator(self.name, self._url(upstream_model), headers, request, body, upstream_model)
+        return AzureTranslator(self.name, self._url(g.upstream_model), headers, g)

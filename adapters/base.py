@@ -1,125 +1,26 @@
-"""The per-request translation interface every adapter implements.
+"""What every adapter shares: its settings, its clock, its capability table.
 
-An adapter turns one client request into one upstream request and the
-upstream's answer back into OpenAI's shape. It does no I/O: the relay owns the
-sockets, the timeouts and the client; the adapter only looks at bytes and
-headers it is handed. Modelled on Envoy AI Gateway's translator interface.
-
-    relay                                   translator
-    ─────                                   ──────────
-    build the upstream call         ──►     request()
-    upstream status >= 400          ──►     error(status, headers, body)  -> GatewayError
-    upstream status 2xx             ──►     response(status, headers)     -> ResponseHead
-    every body chunk                ──►     feed(chunk)    -> bytes, or None = pass through untouched
-    upstream EOF                    ──►     finish()       -> trailing bytes (may raise GatewayError)
-    then                            ──►     next_call()    -> another UpstreamRequest, or None: done
-    after the exchange              ──►     usage()        -> Usage it translated away, if any
-
-Providers that answer in several calls (submit, poll, download the result)
-drive the relay through ``next_call``: a response whose head says ``collect``
-is read whole (it is a small status document) and handed to ``collected``;
-the relay then asks for the next call, waiting ``delay`` seconds first (or,
-if ``collected`` returned a head, relays what ``finish`` makes of it). Calls
-to hosts named in a provider's answer carry a ``Guard``: the relay refuses
-hosts outside it and bodies over its size, so a provider's answer cannot turn
-the gateway into an open fetcher (or send the provider key elsewhere).
-
-An adapter whose upstream cannot stream sets ``waits``: a streaming client
-then gets keep-alive comments while the upstream works (see proxy.relay).
+The protocols an adapter implements and the values it returns live in the
+vocabulary (``pixelgate.core.translator``); this is the common code behind
+them. A provider's adapter subclasses ``AdapterBase``, declares its
+``Options`` and ``capabilities`` (``pixelgate.adapters.capabilities``), sets
+up its URLs and credentials in ``setup`` and builds one translator per
+request in ``generation``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import ClassVar, Protocol
+import time
+from typing import ClassVar, Generic, TypeVar, cast
 
 import msgspec
 
-from adapters.openai_wire import Usage
-from proxy.errors import GatewayError
-from proxy.schema import ImageGenerationRequest
+from pixelgate.adapters.capabilities import Capabilities
+from pixelgate.adapters.params import Policy, settle
+from pixelgate.core.request import ImageGenerationRequest
+from pixelgate.core.translator import Clock, Generation, ProviderSettings, Translator
 
-__all__ = ["Adapter", "Guard", "NoOptions", "ResponseHead", "Translator", "TranslatorBase", "UpstreamRequest", "check_base_url"]
-
-
-class Guard(msgspec.Struct, frozen=True):
-    """Where a call to a provider-supplied URL may go, and how much it may bring.
-
-    ``hosts`` are exact names or ``*.suffix`` patterns. Only https, except to
-    a loopback host (tests, a local provider).
-    """
-
-    hosts: tuple[str, ...]
-    max_bytes: int = 64 * 1024 * 1024
-
-
-class UpstreamRequest(msgspec.Struct):
-    method: str
-    url: str
-    headers: dict[str, str]
-    body: bytes
-    # Set on calls to URLs taken from a provider's answer (polls, downloads).
-    guard: Guard | None = None
-    # Seconds to wait before making this call (a polling interval).
-    delay: float = 0.0
-
-
-class ResponseHead(msgspec.Struct):
-    """How the relay should treat a successful upstream response."""
-
-    # Relay as server-sent events (framed, keep-alives) or as one body.
-    stream: bool
-    content_type: str
-    # Upstream headers the client gets (an allow-list; never credentials).
-    headers: dict[str, str] = {}
-    # The body bytes reach the client unchanged, so its length is known.
-    passthrough: bool = True
-    # A step of a multi-call exchange: read whole (small), give to collected().
-    collect: bool = False
-
-
-class Translator(Protocol):
-    # Gateway headers for the client's response (e.g. parameters dropped).
-    headers: dict[str, str]
-    # The upstream cannot stream: keep a streaming client's connection alive.
-    waits: bool
-
-    def request(self) -> UpstreamRequest: ...
-
-    def collected(self, body: bytes) -> ResponseHead | None:
-        """A collected status document; a head if it was the answer itself
-        (e.g. result URLs relayed as URLs), whose bytes ``finish`` returns."""
-        ...
-
-    def next_call(self) -> UpstreamRequest | None: ...
-
-    def response(self, status: int, headers: Mapping[str, str]) -> ResponseHead: ...
-
-    def feed(self, chunk: bytes) -> bytes | None: ...
-
-    def finish(self) -> bytes: ...
-
-    def error(self, status: int, headers: Mapping[str, str], body: bytes) -> GatewayError: ...
-
-    def usage(self) -> Usage | None: ...
-
-
-class TranslatorBase:
-    """Defaults for the single-call, as-it-comes case."""
-
-    __slots__ = ()
-
-    headers: dict[str, str] = {}  # noqa: RUF012 - never mutated; instances assign their own
-    waits = False
-
-    def collected(self, body: bytes) -> ResponseHead | None:
-        raise AssertionError(f"{type(self).__name__} asked for no collected responses")
-
-    def next_call(self) -> UpstreamRequest | None:
-        return None
-
-    def usage(self) -> Usage | None:
-        return None
+__all__ = ["AdapterBase", "NoOptions", "bearer", "check_base_url"]
 
 
 def check_base_url(base_url: str | None, *, required: bool = False) -> None:
@@ -132,23 +33,66 @@ def check_base_url(base_url: str | None, *, required: bool = False) -> None:
         raise ValueError(f"base_url: must start with http:// or https://, got {base_url!r}")
 
 
+def bearer(api_key: str | None) -> dict[str, str]:
+    """The ``Authorization`` header most providers take, if there is a key."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 class NoOptions(msgspec.Struct, forbid_unknown_fields=True):
     """For adapters with no settings of their own."""
 
 
-class Adapter(Protocol):
-    """A configured provider: builds one translator per request."""
+OptionsT = TypeVar("OptionsT", bound=msgspec.Struct)
 
-    Options: ClassVar[type[msgspec.Struct]]
+
+class AdapterBase(Generic[OptionsT]):
+    """A configured provider. Subclasses set ``Options`` and ``capabilities``,
+    and implement ``setup`` and ``generation``."""
+
+    Options: ClassVar[type[msgspec.Struct]] = NoOptions
+    capabilities: ClassVar[Capabilities]
+    # The provider's public API, when the config gives no base_url.
+    default_url: ClassVar[str] = ""
+
+    __slots__ = ("base_url", "clock", "name", "options", "table")
 
     @classmethod
-    def check(cls, *, base_url: str | None, api_key: str | None, options: msgspec.Struct) -> None:
+    def check(cls, settings: ProviderSettings) -> None:
         """Raise ``ValueError("key: problem")`` for settings it cannot use."""
+        check_base_url(settings.base_url)
 
-    def __init__(
-        self, *, name: str, base_url: str | None, api_key: str | None, headers: Mapping[str, str], options: msgspec.Struct
-    ) -> None: ...
+    def __init__(self, settings: ProviderSettings, clock: Clock = time.time) -> None:
+        options = settings.options if settings.options is not None else self.Options()
+        assert isinstance(options, self.Options)
+        self.name = settings.name
+        self.base_url = (settings.base_url or self.default_url).rstrip("/")
+        self.options = cast(OptionsT, options)
+        # The `created` the provider does not report (injected for golden cases).
+        self.clock = clock
+        self.table = self.capabilities_for(options)
+        self.setup(settings)
 
-    def translator(
-        self, request: ImageGenerationRequest, body: bytes, upstream_model: str, request_id: str
-    ) -> Translator: ...
+    def setup(self, settings: ProviderSettings) -> None:
+        """URLs and credentials, once per configured provider."""
+
+    def settle(
+        self, request: ImageGenerationRequest, extra: list[tuple[str, str]] | None = None, *, own: tuple[str, ...] = ()
+    ) -> dict[str, str]:
+        """Apply the unsupported-parameter policy to what the capability table
+        says the provider cannot honour, and to ``extra``, the adapter's own
+        checks (for the parameters in ``own`` they replace the table's, which
+        then only describes them); the response headers that say what was dropped."""
+        problems = [p for p in self.table.problems(request) if p[0] not in own]
+        if extra:
+            problems = self.table.in_order(problems + extra)
+        # Adapters that can refuse anything have an `unsupported` option.
+        policy: Policy = getattr(self.options, "unsupported", "reject")
+        return settle(self.name, problems, policy)
+
+    @classmethod
+    def capabilities_for(cls, options: msgspec.Struct) -> Capabilities:
+        """The table for these options (some providers' depend on them)."""
+        return cls.capabilities
+
+    def generation(self, g: Generation) -> Translator:
+        raise NotImplementedError

@@ -16,19 +16,19 @@ Fields outside the OpenAI schema (``seed``, ``safety_tolerance``,
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
-from typing import ClassVar, Literal
+from typing import Literal
 
 import msgspec
 
-from adapters.base import Guard, UpstreamRequest, check_base_url
-from adapters.fetched import FetchingTranslator, FetchOptions, Polling, Step
-from adapters.images_out import ImageMeta, ImagesWriter
-from adapters.params import aspect_ratio, native_fields, parse_size, reported_size, settle
-from adapters.provider_errors import error_message, malformed, moderation_blocked, provider_error
-from proxy.errors import GatewayError, UpstreamFailure, UpstreamProtocolError
-from proxy.schema import ImageGenerationRequest
+from pixelgate.adapters.base import AdapterBase
+from pixelgate.adapters.capabilities import Capabilities
+from pixelgate.adapters.fetched import FetchingTranslator, FetchOptions, Polling, Step
+from pixelgate.adapters.images_out import ImageMeta, ImagesWriter
+from pixelgate.adapters.params import aspect_ratio, native_fields, parse_size, reported_size
+from pixelgate.adapters.provider_errors import error_message, malformed, moderation_blocked, provider_error
+from pixelgate.core.errors import GatewayError, UpstreamFailure, UpstreamProtocolError
+from pixelgate.core.translator import Generation, Guard, ProviderSettings, UpstreamRequest
 
 __all__ = ["BflAdapter", "BflOptions"]
 
@@ -44,26 +44,15 @@ class BflOptions(FetchOptions, forbid_unknown_fields=True):
     size_as: Literal["width_height", "aspect_ratio"] = "width_height"
 
 
-def problems(req: ImageGenerationRequest, size_as: str) -> list[tuple[str, str]]:
-    out = []
-    if isinstance(req.n, int) and req.n > 1:
-        out.append(("n", "BFL makes one image per request"))
-    if req.output_format == "webp":
-        out.append(("output_format", "BFL returns jpeg or png"))
-    if req.quality not in (msgspec.UNSET, None, "auto"):
-        out.append(("quality", "BFL has no quality setting"))
-    if req.style not in (msgspec.UNSET, None):
-        out.append(("style", "BFL has no style setting"))
-    if req.background == "transparent":
-        out.append(("background", "BFL cannot make transparent backgrounds"))
-    if req.output_compression not in (msgspec.UNSET, None):
-        out.append(("output_compression", "BFL has no compression setting"))
-    if req.moderation == "low":
-        out.append(("moderation", "BFL's moderation is set with its native `safety_tolerance`"))
-    size = parse_size(req.size)
-    if size is not None and size_as == "aspect_ratio" and aspect_ratio(*size, ASPECT_RATIOS) is None:
-        out.append(("size", f"BFL's aspect ratios are {', '.join(ASPECT_RATIOS)}"))
-    return out
+CAPABILITIES = Capabilities(
+    provider="BFL",
+    order=("n", "output_format", "quality", "style", "background", "output_compression", "moderation", "size"),
+    max_n=1,
+    aspect_ratios=ASPECT_RATIOS,
+    urls=True,
+    formats=("jpeg", "png"),
+    why={"moderation": "BFL's moderation is set with its native `safety_tolerance`"},
+)
 
 
 class _Submitted(msgspec.Struct):
@@ -139,32 +128,29 @@ class BflTranslator(FetchingTranslator):
         return provider_error(self.provider, status, headers, error_message(body))
 
 
-class BflAdapter:
-    Options: ClassVar[type[msgspec.Struct]] = BflOptions
+class BflAdapter(AdapterBase[BflOptions]):
+    Options = BflOptions
+    default_url = DEFAULT_URL
+    capabilities = CAPABILITIES
 
     @classmethod
-    def check(cls, *, base_url: str | None, api_key: str | None, options: msgspec.Struct) -> None:
-        check_base_url(base_url)
-
-    def __init__(
-        self, *, name: str, base_url: str | None, api_key: str | None, headers: Mapping[str, str], options: msgspec.Struct
-    ) -> None:
+    def capabilities_for(cls, options: msgspec.Struct) -> Capabilities:
         assert isinstance(options, BflOptions)
-        self.name = name
-        self.options = options
-        self.clock = time.time
-        self._base = (base_url or DEFAULT_URL).rstrip("/")
-        key_headers = {**headers, "Accept": "application/json"}
-        if api_key:
-            key_headers["x-key"] = api_key
-        self._polling = options.polling(self._base, key_headers, POLL_HOSTS)
-        self._fetch_guard = options.fetch_guard(FETCH_HOSTS)
+        # Sizes sent as width and height are BFL's to judge.
+        return cls.capabilities if options.size_as == "aspect_ratio" else msgspec.structs.replace(cls.capabilities, aspect_ratios=None)
 
-    def translator(
-        self, request: ImageGenerationRequest, body: bytes, upstream_model: str, request_id: str
-    ) -> BflTranslator:
+    def setup(self, settings: ProviderSettings) -> None:
+        self._base = self.base_url
+        key_headers = {**settings.headers, "Accept": "application/json"}
+        if settings.api_key:
+            key_headers["x-key"] = settings.api_key
+        self._polling = self.options.polling(self._base, key_headers, POLL_HOSTS)
+        self._fetch_guard = self.options.fetch_guard(FETCH_HOSTS)
+
+    def generation(self, g: Generation) -> BflTranslator:
+        request, body, upstream_model = g.request, g.body, g.upstream_model
         opts = self.options
-        headers = settle(self.name, problems(request, opts.size_as), opts.unsupported)
+        headers = self.settle(request)
         fields: dict[str, object] = {**native_fields(body), "prompt": request.prompt}
         size = parse_size(request.size)
         if size is not None:

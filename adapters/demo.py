@@ -8,14 +8,14 @@ Its options travel as request headers, which both forms honour.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Annotated, ClassVar
+from typing import Annotated
 
 import msgspec
 from msgspec import Meta
 
-from adapters.openai import OpenAITranslator
-from proxy.schema import ImageGenerationRequest
+from pixelgate.adapters.base import AdapterBase
+from pixelgate.adapters.openai import PASS_THROUGH, OpenAITranslator
+from pixelgate.core.translator import Generation, ProviderSettings
 
 __all__ = ["DEMO_URL", "DemoAdapter", "DemoOptions"]
 
@@ -29,29 +29,22 @@ class DemoOptions(msgspec.Struct, forbid_unknown_fields=True):
     interval_ms: Annotated[float, Meta(ge=0, le=600_000)] = 0.0
 
 
-class DemoAdapter:
-    Options: ClassVar[type[msgspec.Struct]] = DemoOptions
+class DemoAdapter(AdapterBase[DemoOptions]):
+    Options = DemoOptions
+    # It speaks the OpenAI Images API: its server judges the parameters.
+    capabilities = msgspec.structs.replace(PASS_THROUGH, provider="demo")
+    __slots__ = ("_headers", "_url")
 
-    @classmethod
-    def check(cls, *, base_url: str | None, api_key: str | None, options: msgspec.Struct) -> None:
-        if base_url is not None and not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url: must start with http:// or https://, got {base_url!r}")
-
-    def __init__(
-        self, *, name: str, base_url: str | None, api_key: str | None, headers: Mapping[str, str], options: msgspec.Struct
-    ) -> None:
-        assert isinstance(options, DemoOptions)
-        self.name = name
-        self._url = (base_url or DEMO_URL).rstrip("/") + "/images/generations"
+    def setup(self, settings: ProviderSettings) -> None:
+        options = self.options
+        self._url = (settings.base_url or DEMO_URL).rstrip("/") + "/images/generations"
         self._headers = {
             "Content-Type": "application/json",
-            **headers,
+            **settings.headers,
             "X-Demo-Latency-Ms": f"{options.latency_ms:g}",
             "X-Demo-Interval-Ms": f"{options.interval_ms:g}",
         }
 
-    def translator(
-        self, request: ImageGenerationRequest, body: bytes, upstream_model: str, request_id: str
-    ) -> OpenAITranslator:
-        headers = {**self._headers, "X-Client-Request-Id": request_id}
-        return OpenAITranslator(self.name, self._url, headers, request, body, upstream_model)
+    def generation(self, g: Generation) -> OpenAITranslator:
+        headers = {**self._headers, "X-Client-Request-Id": g.request_id}
+        return OpenAITranslator(self.name, self._url, headers, g)

@@ -40,19 +40,18 @@ reports no tokens; the relay counts the images.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
-from typing import ClassVar
 
 import msgspec
 
-from adapters.base import Guard, UpstreamRequest, check_base_url
-from adapters.fetched import FetchingTranslator, FetchOptions, Polling, Step
-from adapters.images_out import ImageMeta, ImagesWriter
-from adapters.params import native_fields, parse_size, reported_size, settle
-from adapters.provider_errors import error_message, malformed, moderation_blocked, provider_error
-from proxy.errors import GatewayError, UpstreamProtocolError
-from proxy.schema import ImageGenerationRequest
+from pixelgate.adapters.base import AdapterBase
+from pixelgate.adapters.capabilities import Capabilities
+from pixelgate.adapters.fetched import FetchingTranslator, FetchOptions, Polling, Step
+from pixelgate.adapters.images_out import ImageMeta, ImagesWriter
+from pixelgate.adapters.params import native_fields, parse_size, reported_size
+from pixelgate.adapters.provider_errors import error_message, malformed, moderation_blocked, provider_error
+from pixelgate.core.errors import GatewayError, UpstreamProtocolError
+from pixelgate.core.translator import Generation, Guard, ProviderSettings, UpstreamRequest
 
 __all__ = ["FalAdapter", "FalOptions"]
 
@@ -69,23 +68,24 @@ class FalOptions(FetchOptions, forbid_unknown_fields=True):
     pass
 
 
-def problems(req: ImageGenerationRequest, native: Mapping[str, msgspec.Raw]) -> list[tuple[str, str]]:
-    out = []
-    if req.output_format == "webp":
-        out.append(("output_format", "fal's image apps return jpeg or png"))
-    if req.quality not in (msgspec.UNSET, None, "auto"):
-        out.append(("quality", "fal has no quality setting (use the app's native `num_inference_steps`)"))
-    if req.style not in (msgspec.UNSET, None):
-        out.append(("style", "fal has no style setting"))
-    if req.background == "transparent":
-        out.append(("background", "fal's image apps cannot make transparent backgrounds"))
-    if req.output_compression not in (msgspec.UNSET, None):
-        out.append(("output_compression", "fal has no compression setting"))
-    if req.moderation == "low":
-        out.append(("moderation", "fal's safety checker is set with the app's native `enable_safety_checker`"))
+CAPABILITIES = Capabilities(
+    provider="fal",
+    order=("output_format", "quality", "style", "background", "output_compression", "moderation", "sync_mode"),
+    urls=True,
+    formats=("jpeg", "png"),
+    why={
+        "output_format": "fal's image apps return jpeg or png",
+        "quality": "fal has no quality setting (use the app's native `num_inference_steps`)",
+        "background": "fal's image apps cannot make transparent backgrounds",
+        "moderation": "fal's safety checker is set with the app's native `enable_safety_checker`",
+    },
+)
+
+
+def sync_mode_problems(native: Mapping[str, msgspec.Raw]) -> list[tuple[str, str]]:
     if "sync_mode" in native and bytes(native["sync_mode"]).strip() not in (b"false", b"null"):
-        out.append(("sync_mode", "it makes fal answer data URIs; the gateway downloads the result URLs itself"))
-    return out
+        return [("sync_mode", "it makes fal answer data URIs; the gateway downloads the result URLs itself")]
+    return []
 
 
 class _Submitted(msgspec.Struct):
@@ -227,33 +227,23 @@ class FalTranslator(FetchingTranslator):
         return provider_error(self.provider, status, headers, message)
 
 
-class FalAdapter:
-    Options: ClassVar[type[msgspec.Struct]] = FalOptions
+class FalAdapter(AdapterBase[FalOptions]):
+    Options = FalOptions
+    default_url = DEFAULT_URL
+    capabilities = CAPABILITIES
 
-    @classmethod
-    def check(cls, *, base_url: str | None, api_key: str | None, options: msgspec.Struct) -> None:
-        check_base_url(base_url)
+    def setup(self, settings: ProviderSettings) -> None:
+        self._base = self.base_url
+        key_headers = {**settings.headers, "Accept": "application/json"}
+        if settings.api_key:
+            key_headers["Authorization"] = f"Key {settings.api_key}"
+        self._polling = self.options.polling(self._base, key_headers, POLL_HOSTS)
+        self._fetch_guard = self.options.fetch_guard(FETCH_HOSTS)
 
-    def __init__(
-        self, *, name: str, base_url: str | None, api_key: str | None, headers: Mapping[str, str], options: msgspec.Struct
-    ) -> None:
-        assert isinstance(options, FalOptions)
-        self.name = name
-        self.options = options
-        self.clock = time.time
-        self._base = (base_url or DEFAULT_URL).rstrip("/")
-        key_headers = {**headers, "Accept": "application/json"}
-        if api_key:
-            key_headers["Authorization"] = f"Key {api_key}"
-        self._polling = options.polling(self._base, key_headers, POLL_HOSTS)
-        self._fetch_guard = options.fetch_guard(FETCH_HOSTS)
-
-    def translator(
-        self, request: ImageGenerationRequest, body: bytes, upstream_model: str, request_id: str
-    ) -> FalTranslator:
-        opts = self.options
+    def generation(self, g: Generation) -> FalTranslator:
+        request, body, upstream_model = g.request, g.body, g.upstream_model
         native = native_fields(body)
-        dropped = settle(self.name, problems(request, native), opts.unsupported)
+        dropped = self.settle(request, sync_mode_problems(native))
         native.pop("sync_mode", None)  # false is fal's default; true was refused or dropped above
         fields: dict[str, object] = {**native, "prompt": request.prompt}
         if isinstance(request.n, int):

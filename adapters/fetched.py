@@ -26,12 +26,12 @@ import msgspec
 from msgspec import Meta
 from yarl import URL
 
-from adapters.b64 import Base64Encoder
-from adapters.base import Guard, ResponseHead, TranslatorBase, UpstreamRequest
-from adapters.images_out import ImagesWriter
-from adapters.params import Policy
-from adapters.provider_errors import json_media
-from proxy.errors import UpstreamProtocolError
+from pixelgate.adapters.b64 import Base64Encoder
+from pixelgate.adapters.images_out import ImagesWriter
+from pixelgate.adapters.params import Policy
+from pixelgate.adapters.provider_errors import json_media
+from pixelgate.core.errors import GatewayError, UpstreamProtocolError
+from pixelgate.core.translator import Ending, Guard, Opening, ResponseHead, UpstreamRequest
 
 __all__ = ["FetchOptions", "FetchingTranslator", "Polling", "Step"]
 
@@ -76,13 +76,10 @@ _FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", "imag
 _BASE64 = re.compile(rb"[A-Za-z0-9+/]+={0,2}")
 
 
-class FetchingTranslator(TranslatorBase):
+class FetchingTranslator:
     """Subclasses implement ``step`` (read a status document) and ``error``."""
 
-    __slots__ = (
-        "_as_urls", "_download_guard", "_encoder", "_first", "_next", "_opened", "_urls", "downloading",
-        "headers", "polling", "provider", "waits", "writer",
-    )
+    __slots__ = ("_as_urls", "_download_guard", "_encoder", "_opened", "_opening", "_urls", "downloading", "polling", "provider", "writer")
 
     def __init__(
         self,
@@ -97,13 +94,11 @@ class FetchingTranslator(TranslatorBase):
     ) -> None:
         self.provider = provider
         self.polling = polling
-        self.headers = headers
         self.writer = writer
-        self.waits = writer.stream
-        self._first = first
+        # Jobs cannot stream: a streaming client waits with keep-alives.
+        self._opening = Opening(first, headers, waits=writer.stream)
         self._download_guard = download_guard
         self._as_urls = as_urls and not writer.stream
-        self._next: UpstreamRequest | None = None
         self._urls: deque[str] = deque()
         self._encoder = Base64Encoder()
         self._opened = False
@@ -112,8 +107,11 @@ class FetchingTranslator(TranslatorBase):
     def step(self, body: bytes) -> Step:
         raise NotImplementedError
 
-    def request(self) -> UpstreamRequest:
-        return self._first
+    def error(self, status: int, headers: Mapping[str, str], body: bytes) -> GatewayError:
+        raise NotImplementedError
+
+    def request(self) -> Opening:
+        return self._opening
 
     def response(self, status: int, headers: Mapping[str, str]) -> ResponseHead:
         if not self.downloading:
@@ -127,23 +125,17 @@ class FetchingTranslator(TranslatorBase):
         self._saw_format(media)
         return self.writer.head()
 
-    def collected(self, body: bytes) -> ResponseHead | None:
+    def collected(self, body: bytes) -> ResponseHead | UpstreamRequest:
         step = self.step(body)
         if isinstance(step, UpstreamRequest):
-            self._next = step
-            return None
+            return step
         if not step:
             raise UpstreamProtocolError(f"provider {self.provider!r} finished the job without any image")
         self._urls = deque(step)
         if self._as_urls or step[0].startswith("data:"):
             # Nothing to download first: finish() writes what is at hand.
             return self.writer.head()
-        self._next = self._download(self._urls.popleft())
-        return None
-
-    def next_call(self) -> UpstreamRequest | None:
-        call, self._next = self._next, None
-        return call
+        return self._download(self._urls.popleft())
 
     def feed(self, chunk: bytes) -> bytes:
         out = self._encoder.feed(chunk)
@@ -152,9 +144,9 @@ class FetchingTranslator(TranslatorBase):
             return self.writer.open() + out
         return out
 
-    def finish(self) -> bytes:
+    def finish(self) -> Ending:
         if self._as_urls:
-            return b"".join(self.writer.url(url) for url in self._urls) + self.writer.finish(None)
+            return Ending(b"".join(self.writer.url(url) for url in self._urls) + self.writer.finish(None))
         out = b""
         if self.downloading:
             if not self._opened:
@@ -164,10 +156,9 @@ class FetchingTranslator(TranslatorBase):
         while self._urls:
             url = self._urls.popleft()
             if not url.startswith("data:"):
-                self._next = self._download(url)
-                return out
+                return Ending(out, then=self._download(url))
             out += self._inline(url)
-        return out + self.writer.finish(None)
+        return Ending(out + self.writer.finish(None))
 
     def _inline(self, uri: str) -> bytes:
         """An image some providers put in their answer as a ``data:`` URI.

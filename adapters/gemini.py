@@ -49,30 +49,23 @@ itself (``responseModalities``, ``imageConfig``) wins.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
 
-from adapters.base import UpstreamRequest
-from adapters.google import (
-    GoogleOptions,
-    GoogleTarget,
-    check_google,
-    format_of,
-    google_error,
-    image_tier,
-)
-from adapters.images_out import ImageMeta, ImagesWriter
-from adapters.jsontap import Path
-from adapters.openai_wire import InputTokensDetails, OutputTokensDetails, Usage
-from adapters.params import aspect_ratio, native_fields, parse_size, reported_size, settle
-from adapters.provider_errors import malformed, moderation_blocked
-from adapters.tapped import TappedTranslator
-from proxy.errors import GatewayError, UpstreamError
-from proxy.schema import ImageGenerationRequest
+from pixelgate.adapters.base import AdapterBase
+from pixelgate.adapters.capabilities import Capabilities
+from pixelgate.adapters.google import GoogleOptions, GoogleTarget, check_google, format_of, google_error, image_tier
+from pixelgate.adapters.images_out import ImageMeta, ImagesWriter
+from pixelgate.adapters.jsontap import Path
+from pixelgate.adapters.params import aspect_ratio, native_fields, parse_size, reported_size
+from pixelgate.adapters.provider_errors import malformed, moderation_blocked
+from pixelgate.adapters.tapped import TappedTranslator
+from pixelgate.core.errors import GatewayError, UpstreamError
+from pixelgate.core.translator import Ending, Generation, ProviderSettings, UpstreamRequest
+from pixelgate.core.usage import InputTokensDetails, OutputTokensDetails, Usage
 
 __all__ = ["GeminiAdapter", "GeminiOptions"]
 
@@ -97,35 +90,30 @@ class GeminiOptions(GoogleOptions, forbid_unknown_fields=True):
     image_size: bool = True
 
 
-def problems(req: ImageGenerationRequest, opts: GeminiOptions) -> list[tuple[str, str]]:
-    out = []
-    if isinstance(req.n, int) and req.n > 1:
-        out.append(("n", "Gemini image models make one image per call (candidateCount > 1 is refused)"))
-    size = parse_size(req.size)
-    if size is not None and aspect_ratio(*size, opts.aspect_ratios) is None:
-        out.append(("size", f"Gemini's aspect ratios are {', '.join(opts.aspect_ratios)}"))
-    if req.quality not in (msgspec.UNSET, None, "auto"):
-        out.append(("quality", "Gemini has no quality setting"))
-    if req.style not in (msgspec.UNSET, None):
-        out.append(("style", "Gemini has no style setting"))
-    if req.background == "transparent":
-        out.append(("background", "Gemini cannot make transparent backgrounds"))
-    if req.response_format == "url":
-        out.append(("response_format", "Gemini returns image bytes, not URLs"))
-    if req.moderation == "low":
-        out.append(("moderation", "Gemini's image safety filters cannot be lowered per request"))
-    fmt, compression = req.output_format, req.output_compression
-    if opts.api == "gemini":
-        if fmt not in (msgspec.UNSET, None):
-            out.append(("output_format", "the Gemini API chooses the image format itself (Vertex can set it)"))
-        if compression not in (msgspec.UNSET, None):
-            out.append(("output_compression", "the Gemini API has no compression setting (Vertex has)"))
-    else:
-        if fmt == "webp":
-            out.append(("output_format", "Vertex returns png or jpeg"))
-        if compression not in (msgspec.UNSET, None) and fmt != "jpeg":
-            out.append(("output_compression", "Vertex compresses jpeg only"))
-    return out
+CAPABILITIES = Capabilities(
+    provider="Gemini",
+    order=("n", "size", "quality", "style", "background", "response_format", "moderation", "output_format", "output_compression"),
+    max_n=1,
+    aspect_ratios=ASPECT_RATIOS,
+    formats=(),
+    why={
+        "n": "Gemini image models make one image per call (candidateCount > 1 is refused)",
+        "moderation": "Gemini's image safety filters cannot be lowered per request",
+        "output_format": "the Gemini API chooses the image format itself (Vertex can set it)",
+        "output_compression": "the Gemini API has no compression setting (Vertex has)",
+    },
+)
+# Vertex AI's generateContent can set the format, and the jpeg quality.
+VERTEX = msgspec.structs.replace(
+    CAPABILITIES,
+    formats=("png", "jpeg"),
+    compression="jpeg",
+    why={
+        **CAPABILITIES.why,
+        "output_format": "Vertex returns png or jpeg",
+        "output_compression": "Vertex compresses jpeg only",
+    },
+)
 
 
 def _select(path: Path) -> bool:
@@ -230,15 +218,13 @@ class GeminiTranslator(TappedTranslator):
 
     def __init__(self, provider: str, call: UpstreamRequest, writer: ImagesWriter, headers: dict[str, str]) -> None:
         super().__init__(provider, call, writer, _select, headers)
-        self._usage: Usage | None = None
 
-    def complete(self, skeleton: bytes) -> bytes:
+    def complete(self, skeleton: bytes) -> Ending:
         try:
             answer = _answer.decode(skeleton)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise malformed(self.provider, exc) from None
-        if answer.usageMetadata is not None:
-            self._usage = to_usage(answer.usageMetadata)
+        usage = to_usage(answer.usageMetadata) if answer.usageMetadata is not None else None
         if not self.writer.images:
             raise self._no_image(answer)
         # Report the format Gemini actually produced (the first image's).
@@ -247,7 +233,7 @@ class GeminiTranslator(TappedTranslator):
             if blob is not None and (fmt := format_of(blob.mimeType or blob.mime_type)):
                 self.writer.meta.output_format = fmt
                 break
-        return self.writer.finish(self._usage)
+        return Ending(self.writer.finish(usage), usage)
 
     def _no_image(self, answer: _Answer) -> GatewayError:
         feedback = answer.promptFeedback
@@ -271,31 +257,30 @@ class GeminiTranslator(TappedTranslator):
     def error(self, status: int, headers: Mapping[str, str], body: bytes) -> GatewayError:
         return google_error(self.provider, status, headers, body)
 
-    def usage(self) -> Usage | None:
-        return self._usage
 
-
-class GeminiAdapter:
-    Options: ClassVar[type[msgspec.Struct]] = GeminiOptions
+class GeminiAdapter(AdapterBase[GeminiOptions]):
+    Options = GeminiOptions
+    capabilities = CAPABILITIES
 
     @classmethod
-    def check(cls, *, base_url: str | None, api_key: str | None, options: msgspec.Struct) -> None:
-        check_google(base_url, api_key, options)
-
-    def __init__(
-        self, *, name: str, base_url: str | None, api_key: str | None, headers: Mapping[str, str], options: msgspec.Struct
-    ) -> None:
+    def capabilities_for(cls, options: msgspec.Struct) -> Capabilities:
         assert isinstance(options, GeminiOptions)
-        self.name = name
-        self.options = options
-        self.clock = time.time
-        self.target = GoogleTarget(base_url=base_url, api_key=api_key, headers=headers, options=options)
+        table = VERTEX if options.api == "vertex" else CAPABILITIES
+        if options.aspect_ratios != table.aspect_ratios:
+            table = msgspec.structs.replace(table, aspect_ratios=tuple(options.aspect_ratios))
+        return table
 
-    def translator(
-        self, request: ImageGenerationRequest, body: bytes, upstream_model: str, request_id: str
-    ) -> GeminiTranslator:
+    @classmethod
+    def check(cls, settings: ProviderSettings) -> None:
+        check_google(settings)
+
+    def setup(self, settings: ProviderSettings) -> None:
+        self.target = GoogleTarget(settings, self.options)
+
+    def generation(self, g: Generation) -> GeminiTranslator:
+        request, body, upstream_model = g.request, g.body, g.upstream_model
         opts = self.options
-        headers = settle(self.name, problems(request, opts), opts.unsupported)
+        headers = self.settle(request)
         image: dict[str, object] = {}
         size = parse_size(request.size)
         if size is not None and (ratio := aspect_ratio(*size, opts.aspect_ratios)) is not None:

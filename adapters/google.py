@@ -39,16 +39,12 @@ from typing import Literal
 
 import msgspec
 
-from adapters.base import UpstreamRequest, check_base_url
-from adapters.params import Policy
-from adapters.provider_errors import (
-    auth_failed,
-    error_message,
-    moderation_blocked,
-    provider_error,
-)
-from adapters.tokens import StaticToken, TokenSource
-from proxy.errors import GatewayError
+from pixelgate.adapters.base import check_base_url
+from pixelgate.adapters.params import Policy
+from pixelgate.adapters.provider_errors import auth_failed, error_message, moderation_blocked, provider_error
+from pixelgate.adapters.tokens import StaticToken, TokenSource
+from pixelgate.core.errors import GatewayError
+from pixelgate.core.translator import ProviderSettings, UpstreamRequest
 
 __all__ = [
     "GoogleOptions",
@@ -77,10 +73,11 @@ class GoogleOptions(msgspec.Struct, forbid_unknown_fields=True):
     location: str = "us-central1"
 
 
-def check_google(base_url: str | None, api_key: str | None, options: msgspec.Struct) -> None:
+def check_google(settings: ProviderSettings) -> None:
+    options = settings.options
     assert isinstance(options, GoogleOptions)
-    check_base_url(base_url)
-    if not api_key:
+    check_base_url(settings.base_url)
+    if not settings.api_key:
         what = "the Gemini API key" if options.api == "gemini" else "a Vertex OAuth access token"
         raise ValueError(f"api_key: required ({what})")
     if options.api == "vertex":
@@ -97,12 +94,11 @@ class GoogleTarget:
 
     __slots__ = ("_api_key", "_base", "_headers", "_prefix", "api", "token_source")
 
-    def __init__(
-        self, *, base_url: str | None, api_key: str | None, headers: Mapping[str, str], options: GoogleOptions
-    ) -> None:
+    def __init__(self, settings: ProviderSettings, options: GoogleOptions) -> None:
+        base_url = settings.base_url
         self.api = options.api
-        self._api_key = api_key or ""
-        self._headers = {"Content-Type": "application/json", **headers}
+        self._api_key = settings.api_key or ""
+        self._headers = {"Content-Type": "application/json", **settings.headers}
         # Vertex credentials; replace for tokens that expire.
         self.token_source: TokenSource = StaticToken(self._api_key)
         if options.api == "gemini":

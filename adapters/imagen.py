@@ -39,27 +39,20 @@ vertex`` is the dependable form.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
-from typing import ClassVar
 
 import msgspec
 
-from adapters.base import UpstreamRequest
-from adapters.google import (
-    GoogleOptions,
-    GoogleTarget,
-    check_google,
-    google_error,
-    image_tier,
-)
-from adapters.images_out import ImageMeta, ImagesWriter
-from adapters.jsontap import Path
-from adapters.params import aspect_ratio, native_fields, parse_size, reported_size, settle
-from adapters.provider_errors import malformed, moderation_blocked
-from adapters.tapped import TappedTranslator
-from proxy.errors import GatewayError, UpstreamError
-from proxy.schema import ImageGenerationRequest
+from pixelgate.adapters.base import AdapterBase
+from pixelgate.adapters.capabilities import Capabilities
+from pixelgate.adapters.google import GoogleOptions, GoogleTarget, check_google, google_error, image_tier
+from pixelgate.adapters.images_out import ImageMeta, ImagesWriter
+from pixelgate.adapters.jsontap import Path
+from pixelgate.adapters.params import aspect_ratio, native_fields, parse_size, reported_size
+from pixelgate.adapters.provider_errors import malformed, moderation_blocked
+from pixelgate.adapters.tapped import TappedTranslator
+from pixelgate.core.errors import GatewayError, UpstreamError
+from pixelgate.core.translator import Ending, Generation, ProviderSettings, UpstreamRequest
 
 __all__ = ["ImagenAdapter", "ImagenOptions"]
 
@@ -73,26 +66,15 @@ class ImagenOptions(GoogleOptions, forbid_unknown_fields=True):
     image_size: bool = True
 
 
-def problems(req: ImageGenerationRequest) -> list[tuple[str, str]]:
-    out = []
-    if isinstance(req.n, int) and req.n > MAX_IMAGES:
-        out.append(("n", f"Imagen makes at most {MAX_IMAGES} images per call"))
-    size = parse_size(req.size)
-    if size is not None and aspect_ratio(*size, ASPECT_RATIOS) is None:
-        out.append(("size", f"Imagen's aspect ratios are {', '.join(ASPECT_RATIOS)}"))
-    if req.quality not in (msgspec.UNSET, None, "auto"):
-        out.append(("quality", "Imagen has no quality setting (choose a fast or ultra model instead)"))
-    if req.style not in (msgspec.UNSET, None):
-        out.append(("style", "Imagen has no style setting"))
-    if req.background == "transparent":
-        out.append(("background", "Imagen cannot make transparent backgrounds"))
-    if req.response_format == "url":
-        out.append(("response_format", "Imagen returns image bytes, not URLs"))
-    if req.output_format == "webp":
-        out.append(("output_format", "Imagen returns png or jpeg"))
-    if req.output_compression not in (msgspec.UNSET, None) and req.output_format != "jpeg":
-        out.append(("output_compression", "Imagen compresses jpeg only"))
-    return out
+CAPABILITIES = Capabilities(
+    provider="Imagen",
+    max_n=MAX_IMAGES,
+    aspect_ratios=ASPECT_RATIOS,
+    formats=("png", "jpeg"),
+    compression="jpeg",
+    moderation_low=True,
+    why={"quality": "Imagen has no quality setting (choose a fast or ultra model instead)"},
+)
 
 
 def _select(path: Path) -> bool:
@@ -117,7 +99,7 @@ class ImagenTranslator(TappedTranslator):
     def __init__(self, provider: str, call: UpstreamRequest, writer: ImagesWriter, headers: dict[str, str]) -> None:
         super().__init__(provider, call, writer, _select, headers)
 
-    def complete(self, skeleton: bytes) -> bytes:
+    def complete(self, skeleton: bytes) -> Ending:
         try:
             answer = _answer.decode(skeleton)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -132,32 +114,26 @@ class ImagenTranslator(TappedTranslator):
                 status=502,
                 code="upstream_no_image",
             )
-        return self.writer.finish(None)
+        return Ending(self.writer.finish(None))
 
     def error(self, status: int, headers: Mapping[str, str], body: bytes) -> GatewayError:
         return google_error(self.provider, status, headers, body)
 
 
-class ImagenAdapter:
-    Options: ClassVar[type[msgspec.Struct]] = ImagenOptions
+class ImagenAdapter(AdapterBase[ImagenOptions]):
+    Options = ImagenOptions
+    capabilities = CAPABILITIES
 
     @classmethod
-    def check(cls, *, base_url: str | None, api_key: str | None, options: msgspec.Struct) -> None:
-        check_google(base_url, api_key, options)
+    def check(cls, settings: ProviderSettings) -> None:
+        check_google(settings)
 
-    def __init__(
-        self, *, name: str, base_url: str | None, api_key: str | None, headers: Mapping[str, str], options: msgspec.Struct
-    ) -> None:
-        assert isinstance(options, ImagenOptions)
-        self.name = name
-        self.options = options
-        self.clock = time.time
-        self.target = GoogleTarget(base_url=base_url, api_key=api_key, headers=headers, options=options)
+    def setup(self, settings: ProviderSettings) -> None:
+        self.target = GoogleTarget(settings, self.options)
 
-    def translator(
-        self, request: ImageGenerationRequest, body: bytes, upstream_model: str, request_id: str
-    ) -> ImagenTranslator:
-        headers = settle(self.name, problems(request), self.options.unsupported)
+    def generation(self, g: Generation) -> ImagenTranslator:
+        request, body, upstream_model = g.request, g.body, g.upstream_model
+        headers = self.settle(request)
         params: dict[str, object] = dict(native_fields(body))
         # Always explicit: Vertex's default sampleCount is 4, not OpenAI's 1.
         n = request.image_count

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import msgspec
 
-from adapters.base import ResponseHead
-from adapters.openai_wire import Usage
-from proxy.errors import UpstreamProtocolError
+from pixelgate.core.errors import UpstreamProtocolError
+from pixelgate.core.translator import ResponseHead
+from pixelgate.core.usage import Usage
 
 __all__ = ["ImageMeta", "ImagesWriter", "usage_fields"]
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from proxy.errors import UpstreamProtocolError
+from pixelgate.core.errors import UpstreamProtocolError
 
 __all__ = ["Close", "Data", "JsonTap", "Open", "Path", "Piece"]
 

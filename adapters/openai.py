@@ -11,47 +11,57 @@ still gets the stream it asked for.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar
 
 import msgspec
 
-from adapters.base import NoOptions, ResponseHead, TranslatorBase, UpstreamRequest
-from adapters.openai_wire import Usage, forward_headers, openai_error
-from adapters.provider_errors import json_media
-from proxy.errors import GatewayError, UpstreamProtocolError
-from proxy.schema import ImageGenerationRequest, rewrite_body
+from pixelgate.adapters.base import AdapterBase, NoOptions, bearer
+from pixelgate.adapters.capabilities import Capabilities
+from pixelgate.adapters.openai_wire import forward_headers, openai_error
+from pixelgate.adapters.provider_errors import json_media
+from pixelgate.core.errors import GatewayError, UpstreamProtocolError
+from pixelgate.core.request import rewrite_body
+from pixelgate.core.translator import DONE, Ending, Generation, Opening, ProviderSettings, ResponseHead, UpstreamRequest
 
-__all__ = ["OpenAIAdapter", "OpenAITranslator"]
+__all__ = ["PASS_THROUGH", "OpenAIAdapter", "OpenAITranslator"]
 
 # A JSON answer to a stream request is re-framed whole; bound what is held.
 _MAX_SYNTH_BODY = 256 * 1024 * 1024
 
 
-class OpenAIAdapter:
-    Options: ClassVar[type[msgspec.Struct]] = NoOptions
+# An OpenAI-compatible upstream judges the parameters itself: nothing is refused here.
+PASS_THROUGH = Capabilities(
+    provider="OpenAI",
+    qualities=None,
+    style=True,
+    transparent=True,
+    urls=True,
+    formats=None,
+    compression="any",
+    moderation_low=True,
+    streaming="native",
+)
+
+
+class OpenAIAdapter(AdapterBase[NoOptions]):
+    capabilities = PASS_THROUGH
+    __slots__ = ("_headers", "_url")
 
     @classmethod
-    def check(cls, *, base_url: str | None, api_key: str | None, options: msgspec.Struct) -> None:
+    def check(cls, settings: ProviderSettings) -> None:
+        base_url = settings.base_url
         if not base_url:
             raise ValueError("base_url: required for the openai adapter (e.g. https://api.openai.com/v1)")
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url: must start with http:// or https://, got {base_url!r}")
 
-    def __init__(
-        self, *, name: str, base_url: str | None, api_key: str | None, headers: Mapping[str, str], options: msgspec.Struct
-    ) -> None:
-        assert base_url is not None
-        self.name = name
-        self._url = base_url.rstrip("/") + "/images/generations"
-        self._headers = {"Content-Type": "application/json", **headers}
-        if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
+    def setup(self, settings: ProviderSettings) -> None:
+        assert settings.base_url is not None
+        self._url = settings.base_url.rstrip("/") + "/images/generations"
+        self._headers = {"Content-Type": "application/json", **settings.headers, **bearer(settings.api_key)}
 
-    def translator(
-        self, request: ImageGenerationRequest, body: bytes, upstream_model: str, request_id: str
-    ) -> OpenAITranslator:
-        headers = {**self._headers, "X-Client-Request-Id": request_id}
-        return OpenAITranslator(self.name, self._url, headers, request, body, upstream_model)
+    def generation(self, g: Generation) -> OpenAITranslator:
+        headers = {**self._headers, "X-Client-Request-Id": g.request_id}
+        return OpenAITranslator(self.name, self._url, headers, g)
 
 
 # msgspec.Raw cannot sit in a union: an empty Raw stands for "absent".
@@ -106,28 +116,18 @@ def images_to_events(body: bytes, event_type: str = "image_generation.completed"
     return bytes(out)
 
 
-class OpenAITranslator(TranslatorBase):
-    __slots__ = ("_body", "_buffer", "_headers", "_model", "_provider", "_request", "_url")
+class OpenAITranslator:
+    __slots__ = ("_buffer", "_g", "_headers", "_provider", "_url")
 
-    def __init__(
-        self,
-        provider: str,
-        url: str,
-        headers: dict[str, str],
-        request: ImageGenerationRequest,
-        body: bytes,
-        upstream_model: str,
-    ) -> None:
+    def __init__(self, provider: str, url: str, headers: dict[str, str], g: Generation) -> None:
         self._provider = provider
         self._url = url
         self._headers = headers
-        self._request = request
-        self._body = body
-        self._model = upstream_model
+        self._g = g
         self._buffer: bytearray | None = None
 
-    def request(self) -> UpstreamRequest:
-        return UpstreamRequest("POST", self._url, self._headers, rewrite_body(self._body, self._model))
+    def request(self) -> Opening:
+        return Opening(UpstreamRequest("POST", self._url, self._headers, rewrite_body(self._g.body, self._g.upstream_model)))
 
     def response(self, status: int, headers: Mapping[str, str]) -> ResponseHead:
         content_type = headers.get("Content-Type", "")
@@ -135,7 +135,7 @@ class OpenAITranslator(TranslatorBase):
         if content_type.startswith("text/event-stream"):
             return ResponseHead(stream=True, content_type="text/event-stream", headers=forwarded)
         json_media(self._provider, status, headers, expected="JSON or an event stream")
-        if self._request.streaming:
+        if self._g.request.streaming:
             self._buffer = bytearray()
             return ResponseHead(stream=True, content_type="text/event-stream", headers=forwarded, passthrough=False)
         return ResponseHead(stream=False, content_type=content_type, headers=forwarded)
@@ -148,15 +148,12 @@ class OpenAITranslator(TranslatorBase):
         self._buffer += chunk
         return b""
 
-    def finish(self) -> bytes:
+    def finish(self) -> Ending:
         if self._buffer is None:
-            return b""
+            # Usage stays in the relayed bytes, where the relay's meter reads it.
+            return DONE
         body, self._buffer = bytes(self._buffer), None
-        return images_to_events(body)
+        return Ending(images_to_events(body))
 
     def error(self, status: int, headers: Mapping[str, str], body: bytes) -> GatewayError:
         return openai_error(self._provider, status, headers, body)
-
-    def usage(self) -> Usage | None:
-        # Usage stays in the relayed bytes, where the relay's meter reads it.
-        return None

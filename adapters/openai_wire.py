@@ -10,37 +10,9 @@ from collections.abc import Mapping
 
 import msgspec
 
-from proxy.errors import GatewayError, UpstreamError, UpstreamFailure, UpstreamProtocolError
+from pixelgate.core.errors import GatewayError, UpstreamError, UpstreamFailure, UpstreamProtocolError
 
-__all__ = ["FORWARDED_ERROR_HEADERS", "Usage", "decode_usage", "forward_headers", "openai_error"]
-
-
-class InputTokensDetails(msgspec.Struct):
-    text_tokens: int = 0
-    image_tokens: int = 0
-
-
-class OutputTokensDetails(msgspec.Struct):
-    text_tokens: int = 0
-    image_tokens: int = 0
-
-
-class Usage(msgspec.Struct, omit_defaults=True):
-    input_tokens: int = 0
-    output_tokens: int = 0
-    total_tokens: int = 0
-    input_tokens_details: InputTokensDetails | None = None
-    output_tokens_details: OutputTokensDetails | None = None
-
-
-_usage_decoder = msgspec.json.Decoder(Usage)
-
-
-def decode_usage(data: bytes) -> Usage | None:
-    try:
-        return _usage_decoder.decode(data)
-    except msgspec.DecodeError:
-        return None
+__all__ = ["FORWARDED_ERROR_HEADERS", "forward_headers", "openai_error"]
 
 
 # Upstream response headers a client may rely on. An allow-list: anything else
@@ -104,7 +76,7 @@ def openai_error(provider: str, status: int, headers: Mapping[str, str], body: b
     err = envelope.error
     raw: bytes | None = None
     try:
-        if _ENVELOPE_KEYS <= _raw_error_decoder.decode(body)["error"].keys():
+        if _raw_error_decoder.decode(body)["error"].keys() >= _ENVELOPE_KEYS:
             raw = body
     except (msgspec.DecodeError, KeyError):
         pass

@@ -15,8 +15,8 @@ from typing import Literal
 
 import msgspec
 
-from proxy.errors import InvalidRequest
-from proxy.schema import GATEWAY_ONLY_FIELDS, ImageGenerationRequest
+from pixelgate.core.errors import InvalidRequest
+from pixelgate.core.request import GATEWAY_ONLY_FIELDS, ImageGenerationRequest
 
 __all__ = ["DROPPED_HEADER", "Policy", "aspect_ratio", "native_fields", "parse_size", "reported_size", "settle"]
 
@@ -53,7 +53,14 @@ def reported_size(size: object) -> str:
 
 
 def aspect_ratio(width: int, height: int, allowed: Sequence[str], tolerance: float = 0.02) -> str | None:
-    """The allowed ``"W:H"`` ratio nearest ``width/height``, if within ``tolerance``."""
+    """The allowed ``"W:H"`` ratio nearest ``width/height``, if within ``tolerance`` (0: exactly)."""
+    if tolerance == 0:
+        # Exact, in integers: no float rounding decides it.
+        for ratio in allowed:
+            a, _, b = ratio.partition(":")
+            if a.isdigit() and b.isdigit() and width * int(b) == height * int(a):
+                return ratio
+        return None
     want = width / height
     best, error = None, tolerance
     for ratio in allowed:

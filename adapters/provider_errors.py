@@ -13,8 +13,8 @@ from collections.abc import Mapping
 
 import msgspec
 
-from adapters.openai_wire import FORWARDED_ERROR_HEADERS, forward_headers
-from proxy.errors import GatewayError, UpstreamError, UpstreamFailure, UpstreamProtocolError
+from pixelgate.adapters.openai_wire import FORWARDED_ERROR_HEADERS, forward_headers
+from pixelgate.core.errors import GatewayError, UpstreamError, UpstreamFailure, UpstreamProtocolError
 
 __all__ = ["auth_failed", "error_message", "json_media", "malformed", "moderation_blocked", "provider_error", "unexpected_status"]
 

@@ -41,21 +41,21 @@ image and reports no tokens: no usage is emitted (the relay counts images).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Literal
 from urllib.parse import quote
 
 import msgspec
 from msgspec import Meta
 
-from adapters.base import Guard, UpstreamRequest, check_base_url
-from adapters.fetched import FetchingTranslator, FetchOptions, Polling, Step
-from adapters.images_out import ImageMeta, ImagesWriter
-from adapters.params import native_fields, parse_size, reported_size, settle
-from adapters.provider_errors import error_message, malformed, moderation_blocked, provider_error
-from proxy.errors import GatewayError, UpstreamFailure, UpstreamProtocolError
-from proxy.schema import ImageGenerationRequest
+from pixelgate.adapters.base import AdapterBase, check_base_url
+from pixelgate.adapters.capabilities import Capabilities
+from pixelgate.adapters.fetched import FetchingTranslator, FetchOptions, Polling, Step
+from pixelgate.adapters.images_out import ImageMeta, ImagesWriter
+from pixelgate.adapters.params import aspect_ratio, native_fields, parse_size, reported_size
+from pixelgate.adapters.provider_errors import error_message, malformed, moderation_blocked, provider_error
+from pixelgate.core.errors import GatewayError, UpstreamFailure, UpstreamProtocolError
+from pixelgate.core.translator import Generation, Guard, ProviderSettings, UpstreamRequest
 
 __all__ = ["ReplicateAdapter", "ReplicateInputs", "ReplicateOptions"]
 
@@ -97,43 +97,47 @@ class ReplicateOptions(FetchOptions, forbid_unknown_fields=True):
     safety_markers: list[str] = msgspec.field(default_factory=lambda: list(SAFETY_MARKERS))
 
 
-def _ratio(width: int, height: int, allowed: list[str]) -> str | None:
-    """The allowed ``"W:H"`` equal to ``width/height`` exactly, if any."""
-    for ratio in allowed:
-        a, _, b = ratio.partition(":")
-        if width * int(b) == height * int(a):
-            return ratio
-    return None
+CAPABILITIES = Capabilities(
+    provider="Replicate",
+    order=("n", "output_format", "output_compression", "quality", "style", "background", "moderation", "size"),
+    urls=True,
+    why={
+        "n": "this Replicate model makes one image per prediction",
+        "quality": "Replicate models have no common quality setting (use the model's own inputs)",
+        "style": "Replicate models have no common style setting",
+        "background": "Replicate image models make opaque images",
+        "output_compression": "this Replicate model has no compression setting",
+        "moderation": "set the model's own safety input (`disable_safety_checker`, `safety_tolerance`)",
+    },
+)
 
 
-def problems(req: ImageGenerationRequest, opts: ReplicateOptions) -> list[tuple[str, str]]:
+def capabilities(opts: ReplicateOptions) -> Capabilities:
+    """What one Replicate model takes depends on its inputs (the options)."""
     names = opts.inputs
-    out = []
-    if isinstance(req.n, int) and req.n > 1 and names.n is None:
-        out.append(("n", "this Replicate model makes one image per prediction"))
-    if req.output_format not in (msgspec.UNSET, None):
-        if names.output_format is None:
-            out.append(("output_format", "this Replicate model has no output format input"))
-        elif req.output_format not in opts.formats:
-            out.append(("output_format", f"this Replicate model returns {', '.join(opts.formats)}"))
-    if req.output_compression not in (msgspec.UNSET, None) and names.output_compression is None:
-        out.append(("output_compression", "this Replicate model has no compression setting"))
-    if req.quality not in (msgspec.UNSET, None, "auto"):
-        out.append(("quality", "Replicate models have no common quality setting (use the model's own inputs)"))
-    if req.style not in (msgspec.UNSET, None):
-        out.append(("style", "Replicate models have no common style setting"))
-    if req.background == "transparent":
-        out.append(("background", "Replicate image models make opaque images"))
-    if req.moderation == "low":
-        out.append(("moderation", "set the model's own safety input (`disable_safety_checker`, `safety_tolerance`)"))
-    size = parse_size(req.size)
-    if size is not None:
-        if opts.size_as == "aspect_ratio":
-            if names.aspect_ratio is None or _ratio(*size, opts.aspect_ratios) is None:
-                out.append(("size", f"this Replicate model's aspect ratios are {', '.join(opts.aspect_ratios)}"))
-        elif names.width is None or names.height is None:
-            out.append(("size", "this Replicate model takes no width and height"))
-    return out
+    why = dict(CAPABILITIES.why)
+    if names.output_format is None:
+        formats: tuple[str, ...] = ()
+        why["output_format"] = "this Replicate model has no output format input"
+    else:
+        formats = tuple(opts.formats)
+        why["output_format"] = f"this Replicate model returns {', '.join(opts.formats)}"
+    ratios: tuple[str, ...] | None = None
+    if opts.size_as == "aspect_ratio":
+        ratios = tuple(opts.aspect_ratios) if names.aspect_ratio is not None else ()
+        why["size"] = f"this Replicate model's aspect ratios are {', '.join(opts.aspect_ratios)}"
+    elif names.width is None or names.height is None:
+        ratios = ()
+        why["size"] = "this Replicate model takes no width and height"
+    return msgspec.structs.replace(
+        CAPABILITIES,
+        max_n=None if names.n is not None else 1,
+        aspect_ratios=ratios,
+        exact_ratios=True,
+        formats=formats,
+        compression="none" if names.output_compression is None else "any",
+        why=why,
+    )
 
 
 def _model_call(base: str, model: str) -> tuple[str, dict[str, object]]:
@@ -261,12 +265,20 @@ def _problem_title(body: bytes) -> str | None:
         return None
 
 
-class ReplicateAdapter:
-    Options: ClassVar[type[msgspec.Struct]] = ReplicateOptions
+class ReplicateAdapter(AdapterBase[ReplicateOptions]):
+    Options = ReplicateOptions
+    default_url = DEFAULT_URL
+    capabilities = CAPABILITIES
 
     @classmethod
-    def check(cls, *, base_url: str | None, api_key: str | None, options: msgspec.Struct) -> None:
-        check_base_url(base_url)
+    def capabilities_for(cls, options: msgspec.Struct) -> Capabilities:
+        assert isinstance(options, ReplicateOptions)
+        return capabilities(options)
+
+    @classmethod
+    def check(cls, settings: ProviderSettings) -> None:
+        check_base_url(settings.base_url)
+        options = settings.options
         assert isinstance(options, ReplicateOptions)
         for ratio in options.aspect_ratios:
             a, colon, b = ratio.partition(":")
@@ -276,36 +288,28 @@ class ReplicateAdapter:
             if name is not None and not name:
                 raise ValueError(f"options.inputs.{field}: empty; use null for a model without that input")
 
-    def __init__(
-        self, *, name: str, base_url: str | None, api_key: str | None, headers: Mapping[str, str], options: msgspec.Struct
-    ) -> None:
-        assert isinstance(options, ReplicateOptions)
-        self.name = name
-        self.options = options
-        self.clock = time.time
-        base = (base_url or DEFAULT_URL).rstrip("/")
+    def setup(self, settings: ProviderSettings) -> None:
         # Accept the base with or without the API version.
-        self._base = base.removesuffix("/v1")
-        key_headers = {**headers, "Accept": "application/json"}
-        if api_key:
-            key_headers["Authorization"] = f"Bearer {api_key}"
+        self._base = self.base_url.removesuffix("/v1")
+        key_headers = {**settings.headers, "Accept": "application/json"}
+        if settings.api_key:
+            key_headers["Authorization"] = f"Bearer {settings.api_key}"
         self._submit_headers = {**key_headers, "Content-Type": "application/json"}
-        if options.wait:
-            self._submit_headers["Prefer"] = f"wait={options.wait}"
-        self._polling = options.polling(self._base, key_headers, POLL_HOSTS)
-        self._fetch_guard = options.fetch_guard(FETCH_HOSTS)
+        if self.options.wait:
+            self._submit_headers["Prefer"] = f"wait={self.options.wait}"
+        self._polling = self.options.polling(self._base, key_headers, POLL_HOSTS)
+        self._fetch_guard = self.options.fetch_guard(FETCH_HOSTS)
 
-    def translator(
-        self, request: ImageGenerationRequest, body: bytes, upstream_model: str, request_id: str
-    ) -> ReplicateTranslator:
+    def generation(self, g: Generation) -> ReplicateTranslator:
+        request, body, upstream_model = g.request, g.body, g.upstream_model
         opts = self.options
         names = opts.inputs
-        headers = settle(self.name, problems(request, opts), opts.unsupported)
+        headers = self.settle(request)
         fields: dict[str, object] = {**native_fields(body), "prompt": request.prompt}
         size = parse_size(request.size)
         if size is not None:
             if opts.size_as == "aspect_ratio":
-                if names.aspect_ratio and (ratio := _ratio(*size, opts.aspect_ratios)):
+                if names.aspect_ratio and (ratio := aspect_ratio(*size, opts.aspect_ratios, 0)):
                     fields[names.aspect_ratio] = ratio
             elif names.width and names.height:
                 fields[names.width], fields[names.height] = size

@@ -34,24 +34,19 @@ from __future__ import annotations
 
 import re
 import secrets
-import time
 from collections.abc import Mapping
-from typing import ClassVar, Literal
+from typing import Literal
 
 import msgspec
 
-from adapters.b64 import Base64Encoder
-from adapters.base import ResponseHead, TranslatorBase, UpstreamRequest, check_base_url
-from adapters.images_out import ImageMeta, ImagesWriter
-from adapters.params import Policy, aspect_ratio, native_fields, parse_size, reported_size, settle
-from adapters.provider_errors import error_message, moderation_blocked, provider_error
-from proxy.errors import (
-    GatewayError,
-    InvalidRequest,
-    UpstreamFailure,
-    UpstreamProtocolError,
-)
-from proxy.schema import ImageGenerationRequest
+from pixelgate.adapters.b64 import Base64Encoder
+from pixelgate.adapters.base import AdapterBase, bearer
+from pixelgate.adapters.capabilities import Capabilities
+from pixelgate.adapters.images_out import ImageMeta, ImagesWriter
+from pixelgate.adapters.params import Policy, aspect_ratio, native_fields, parse_size, reported_size
+from pixelgate.adapters.provider_errors import error_message, moderation_blocked, provider_error
+from pixelgate.core.errors import GatewayError, InvalidRequest, UpstreamFailure, UpstreamProtocolError
+from pixelgate.core.translator import Ending, Generation, Opening, ProviderSettings, ResponseHead, UpstreamRequest
 
 __all__ = ["StabilityAdapter", "StabilityOptions", "endpoint_for", "multipart"]
 
@@ -77,26 +72,18 @@ def endpoint_for(model: str, option: str) -> tuple[Endpoint, str | None]:
     return "sd3", model
 
 
-def problems(req: ImageGenerationRequest) -> list[tuple[str, str]]:
-    out = []
-    if isinstance(req.n, int) and req.n > 1:
-        out.append(("n", "Stability makes one image per request"))
-    if req.response_format == "url":
-        out.append(("response_format", "Stability returns the image itself, not a URL"))
-    if req.quality not in (msgspec.UNSET, None, "auto"):
-        out.append(("quality", "Stability has no quality setting"))
-    if req.style not in (msgspec.UNSET, None):
-        out.append(("style", "Stability's styles are its native `style_preset` (core only)"))
-    if req.background == "transparent":
-        out.append(("background", "Stability cannot make transparent backgrounds"))
-    if req.output_compression not in (msgspec.UNSET, None):
-        out.append(("output_compression", "Stability has no compression setting"))
-    if req.moderation == "low":
-        out.append(("moderation", "Stability's content filter cannot be relaxed"))
-    size = parse_size(req.size)
-    if size is not None and aspect_ratio(*size, ASPECT_RATIOS) is None:
-        out.append(("size", f"Stability's aspect ratios are {', '.join(ASPECT_RATIOS)}"))
-    return out
+CAPABILITIES = Capabilities(
+    provider="Stability",
+    order=("n", "response_format", "quality", "style", "background", "output_compression", "moderation", "size"),
+    max_n=1,
+    aspect_ratios=ASPECT_RATIOS,
+    formats=("png", "jpeg", "webp"),
+    why={
+        "response_format": "Stability returns the image itself, not a URL",
+        "style": "Stability's styles are its native `style_preset` (core only)",
+        "moderation": "Stability's content filter cannot be relaxed",
+    },
+)
 
 
 # Form field names go into a quoted header parameter: nothing that could end it.
@@ -138,21 +125,19 @@ class _ErrorDoc(msgspec.Struct):
 _error_doc = msgspec.json.Decoder(_ErrorDoc)
 
 
-class StabilityTranslator(TranslatorBase):
-    __slots__ = ("_call", "_encoder", "_opened", "headers", "provider", "waits", "writer")
+class StabilityTranslator:
+    __slots__ = ("_encoder", "_opened", "_opening", "provider", "writer")
 
     def __init__(self, provider: str, call: UpstreamRequest, writer: ImagesWriter, headers: dict[str, str]) -> None:
         self.provider = provider
-        self.headers = headers
         self.writer = writer
         # Stability cannot stream: a streaming client gets keep-alives meanwhile.
-        self.waits = writer.stream
-        self._call = call
+        self._opening = Opening(call, headers, waits=writer.stream)
         self._encoder = Base64Encoder()
         self._opened = False
 
-    def request(self) -> UpstreamRequest:
-        return self._call
+    def request(self) -> Opening:
+        return self._opening
 
     def response(self, status: int, headers: Mapping[str, str]) -> ResponseHead:
         # The verdict is a header: checked before any image byte is relayed.
@@ -177,10 +162,10 @@ class StabilityTranslator(TranslatorBase):
             return self.writer.open() + out
         return out
 
-    def finish(self) -> bytes:
+    def finish(self) -> Ending:
         if not self._opened:
             raise UpstreamProtocolError(f"provider {self.provider!r} answered with an empty image")
-        return self._encoder.finish() + self.writer.close() + self.writer.finish(None)
+        return Ending(self._encoder.finish() + self.writer.close() + self.writer.finish(None))
 
     def error(self, status: int, headers: Mapping[str, str], body: bytes) -> GatewayError:
         message = error_message(body)
@@ -194,29 +179,18 @@ class StabilityTranslator(TranslatorBase):
         return provider_error(self.provider, status, headers, message)
 
 
-class StabilityAdapter:
-    Options: ClassVar[type[msgspec.Struct]] = StabilityOptions
+class StabilityAdapter(AdapterBase[StabilityOptions]):
+    Options = StabilityOptions
+    default_url = DEFAULT_URL
+    capabilities = CAPABILITIES
 
-    @classmethod
-    def check(cls, *, base_url: str | None, api_key: str | None, options: msgspec.Struct) -> None:
-        check_base_url(base_url)
+    def setup(self, settings: ProviderSettings) -> None:
+        self._base = self.base_url + "/v2beta/stable-image/generate/"
+        self._headers = {**settings.headers, "Accept": "image/*", **bearer(settings.api_key)}
 
-    def __init__(
-        self, *, name: str, base_url: str | None, api_key: str | None, headers: Mapping[str, str], options: msgspec.Struct
-    ) -> None:
-        assert isinstance(options, StabilityOptions)
-        self.name = name
-        self.options = options
-        self.clock = time.time
-        self._base = (base_url or DEFAULT_URL).rstrip("/") + "/v2beta/stable-image/generate/"
-        self._headers = {**headers, "Accept": "image/*"}
-        if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
-
-    def translator(
-        self, request: ImageGenerationRequest, body: bytes, upstream_model: str, request_id: str
-    ) -> StabilityTranslator:
-        headers = settle(self.name, problems(request), self.options.unsupported)
+    def generation(self, g: Generation) -> StabilityTranslator:
+        request, body, upstream_model = g.request, g.body, g.upstream_model
+        headers = self.settle(request)
         endpoint, model = endpoint_for(upstream_model, self.options.endpoint)
         fields: dict[str, str] = {"prompt": request.prompt}
         for key, raw in native_fields(body).items():

@@ -11,18 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from adapters.base import ResponseHead, TranslatorBase, UpstreamRequest
-from adapters.images_out import ImagesWriter
-from adapters.jsontap import Close, JsonTap, Open, Path
-from adapters.provider_errors import json_media
+from pixelgate.adapters.images_out import ImagesWriter
+from pixelgate.adapters.jsontap import Close, JsonTap, Open, Path
+from pixelgate.adapters.provider_errors import json_media
+from pixelgate.core.errors import GatewayError
+from pixelgate.core.translator import Ending, Opening, ResponseHead, UpstreamRequest
 
 __all__ = ["TappedTranslator"]
 
 
-class TappedTranslator(TranslatorBase):
+class TappedTranslator:
     """Subclasses set ``select`` (which strings are images) and ``complete``."""
 
-    __slots__ = ("_call", "_tap", "headers", "provider", "waits", "writer")
+    __slots__ = ("_opening", "_tap", "provider", "writer")
 
     def __init__(
         self,
@@ -33,14 +34,13 @@ class TappedTranslator(TranslatorBase):
         headers: dict[str, str],
     ) -> None:
         self.provider = provider
-        self._call = call
         self.writer = writer
         self._tap = JsonTap(select)
-        self.headers = headers
-        self.waits = writer.stream
+        # The answer comes whole: a streaming client waits with keep-alives.
+        self._opening = Opening(call, headers, waits=writer.stream)
 
-    def request(self) -> UpstreamRequest:
-        return self._call
+    def request(self) -> Opening:
+        return self._opening
 
     def response(self, status: int, headers: Mapping[str, str]) -> ResponseHead:
         json_media(self.provider, status, headers)
@@ -60,9 +60,13 @@ class TappedTranslator(TranslatorBase):
                 out += piece
         return bytes(out)
 
-    def finish(self) -> bytes:
+    def finish(self) -> Ending:
         return self.complete(self._tap.finish())
 
-    def complete(self, skeleton: bytes) -> bytes:
-        """The end of the answer: raise its error, or return the closing bytes."""
+    def complete(self, skeleton: bytes) -> Ending:
+        """The end of the answer: raise its error, or return the closing bytes
+        (and the usage the skeleton reported)."""
+        raise NotImplementedError
+
+    def error(self, status: int, headers: Mapping[str, str], body: bytes) -> GatewayError:
         raise NotImplementedError

@@ -11,20 +11,19 @@ Fields outside the OpenAI schema (``steps``, ``seed``, ``negative_prompt``,
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
-from typing import ClassVar
 
 import msgspec
 
-from adapters.base import UpstreamRequest, check_base_url
-from adapters.images_out import ImageMeta, ImagesWriter
-from adapters.jsontap import Path
-from adapters.params import Policy, native_fields, parse_size, reported_size, settle
-from adapters.provider_errors import error_message, malformed, provider_error
-from adapters.tapped import TappedTranslator
-from proxy.errors import GatewayError
-from proxy.schema import ImageGenerationRequest
+from pixelgate.adapters.base import AdapterBase, bearer
+from pixelgate.adapters.capabilities import Capabilities
+from pixelgate.adapters.images_out import ImageMeta, ImagesWriter
+from pixelgate.adapters.jsontap import Path
+from pixelgate.adapters.params import Policy, native_fields, parse_size, reported_size
+from pixelgate.adapters.provider_errors import error_message, malformed, provider_error
+from pixelgate.adapters.tapped import TappedTranslator
+from pixelgate.core.errors import GatewayError
+from pixelgate.core.translator import Ending, Generation, ProviderSettings, UpstreamRequest
 
 __all__ = ["TogetherAdapter", "TogetherOptions"]
 
@@ -37,21 +36,16 @@ class TogetherOptions(msgspec.Struct, forbid_unknown_fields=True):
     output_format: str = "png"
 
 
-def problems(req: ImageGenerationRequest) -> list[tuple[str, str]]:
-    out = []
-    if req.output_format == "webp":
-        out.append(("output_format", "Together returns png or jpeg"))
-    if req.quality not in (msgspec.UNSET, None, "auto"):
-        out.append(("quality", "Together has no quality setting (use its native `steps`)"))
-    if req.style not in (msgspec.UNSET, None):
-        out.append(("style", "Together has no style setting"))
-    if req.background == "transparent":
-        out.append(("background", "Together cannot make transparent backgrounds"))
-    if req.output_compression not in (msgspec.UNSET, None):
-        out.append(("output_compression", "Together has no compression setting"))
-    if req.moderation == "low":
-        out.append(("moderation", "Together's safety checker is set with its native `disable_safety_checker`"))
-    return out
+CAPABILITIES = Capabilities(
+    provider="Together",
+    order=("output_format", "quality", "style", "background", "output_compression", "moderation"),
+    urls=True,
+    formats=("png", "jpeg"),
+    why={
+        "quality": "Together has no quality setting (use its native `steps`)",
+        "moderation": "Together's safety checker is set with its native `disable_safety_checker`",
+    },
+)
 
 
 def _select(path: Path) -> bool:
@@ -73,7 +67,7 @@ _encoder = msgspec.json.Encoder()
 class TogetherTranslator(TappedTranslator):
     __slots__ = ()
 
-    def complete(self, skeleton: bytes) -> bytes:
+    def complete(self, skeleton: bytes) -> Ending:
         try:
             answer = _answer.decode(skeleton)
         except msgspec.DecodeError as exc:
@@ -83,35 +77,24 @@ class TogetherTranslator(TappedTranslator):
             for item in answer.data:
                 if item.url:
                     out += self.writer.url(item.url)
-        return out + self.writer.finish(None)
+        return Ending(out + self.writer.finish(None))
 
     def error(self, status: int, headers: Mapping[str, str], body: bytes) -> GatewayError:
         return provider_error(self.provider, status, headers, error_message(body))
 
 
-class TogetherAdapter:
-    Options: ClassVar[type[msgspec.Struct]] = TogetherOptions
+class TogetherAdapter(AdapterBase[TogetherOptions]):
+    Options = TogetherOptions
+    default_url = DEFAULT_URL
+    capabilities = CAPABILITIES
 
-    @classmethod
-    def check(cls, *, base_url: str | None, api_key: str | None, options: msgspec.Struct) -> None:
-        check_base_url(base_url)
+    def setup(self, settings: ProviderSettings) -> None:
+        self._url = self.base_url + "/images/generations"
+        self._headers = {"Content-Type": "application/json", **settings.headers, **bearer(settings.api_key)}
 
-    def __init__(
-        self, *, name: str, base_url: str | None, api_key: str | None, headers: Mapping[str, str], options: msgspec.Struct
-    ) -> None:
-        assert isinstance(options, TogetherOptions)
-        self.name = name
-        self.options = options
-        self.clock = time.time
-        self._url = (base_url or DEFAULT_URL).rstrip("/") + "/images/generations"
-        self._headers = {"Content-Type": "application/json", **headers}
-        if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
-
-    def translator(
-        self, request: ImageGenerationRequest, body: bytes, upstream_model: str, request_id: str
-    ) -> TogetherTranslator:
-        headers = settle(self.name, problems(request), self.options.unsupported)
+    def generation(self, g: Generation) -> TogetherTranslator:
+        request, body, upstream_model, request_id = g.request, g.body, g.upstream_model, g.request_id
+        headers = self.settle(request)
         fields: dict[str, object] = {**native_fields(body), "model": upstream_model, "prompt": request.prompt}
         if isinstance(request.n, int):
             fields["n"] = request.n

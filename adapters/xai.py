@@ -48,20 +48,20 @@ treated as a refused credential, and its words (part of the key) not echoed.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
-from typing import ClassVar
 
 import msgspec
 
-from adapters.base import UpstreamRequest, check_base_url
-from adapters.images_out import ImageMeta, ImagesWriter
-from adapters.jsontap import Close, Open, Path
-from adapters.params import Policy, aspect_ratio, native_fields, parse_size, reported_size, settle
-from adapters.provider_errors import auth_failed, error_message, malformed, moderation_blocked, provider_error
-from adapters.tapped import TappedTranslator
-from proxy.errors import GatewayError, UpstreamProtocolError
-from proxy.schema import ImageGenerationRequest
+from pixelgate.adapters.base import AdapterBase, bearer
+from pixelgate.adapters.capabilities import Capabilities
+from pixelgate.adapters.images_out import ImageMeta, ImagesWriter
+from pixelgate.adapters.jsontap import Close, Open, Path
+from pixelgate.adapters.params import Policy, aspect_ratio, native_fields, parse_size, reported_size
+from pixelgate.adapters.provider_errors import auth_failed, error_message, malformed, moderation_blocked, provider_error
+from pixelgate.adapters.tapped import TappedTranslator
+from pixelgate.core.errors import GatewayError, UpstreamProtocolError
+from pixelgate.core.request import ImageGenerationRequest
+from pixelgate.core.translator import Ending, Generation, ProviderSettings, UpstreamRequest
 
 __all__ = ["XaiAdapter", "XaiOptions", "XaiTranslator"]
 
@@ -100,26 +100,30 @@ def size_fields(size: tuple[int, int]) -> dict[str, str] | None:
     return fields
 
 
-def problems(req: ImageGenerationRequest, returns: str, native: Mapping[str, object]) -> list[tuple[str, str]]:
-    out = []
+CAPABILITIES = Capabilities(
+    provider="xAI",
+    # Exactly these ratios (sizes it knows are sent as pixels): size_problems judges.
+    aspect_ratios=ASPECT_RATIOS,
+    exact_ratios=True,
+    order=("size", "quality", "style", "output_format", "background", "output_compression", "moderation"),
+    qualities=QUALITIES,
+    urls=True,
+    formats=("jpeg",),
+    why={
+        "quality": "xAI's qualities are low, medium and high",
+        "moderation": "xAI's moderation cannot be relaxed",
+    },
+)
+
+
+def size_problems(req: ImageGenerationRequest, native: Mapping[str, object]) -> list[tuple[str, str]]:
+    """xAI takes pixel sizes it knows or aspect ratios: not a table's rule."""
     size = parse_size(req.size)
-    if size is not None and "aspect_ratio" not in native and size_fields(size) is None:
-        near = aspect_ratio(*size, [r for r in ASPECT_RATIOS if "." not in r])
-        hint = f" (nearest: {near})" if near else ""
-        out.append(("size", f"xAI takes only the aspect ratios {', '.join(ASPECT_RATIOS)}{hint}"))
-    if req.quality not in (msgspec.UNSET, None, "auto", *QUALITIES):
-        out.append(("quality", "xAI's qualities are low, medium and high"))
-    if req.style not in (msgspec.UNSET, None):
-        out.append(("style", "xAI has no style setting"))
-    if req.output_format not in (msgspec.UNSET, None, returns):
-        out.append(("output_format", f"xAI returns {returns}"))
-    if req.background == "transparent":
-        out.append(("background", "xAI cannot make transparent backgrounds"))
-    if req.output_compression not in (msgspec.UNSET, None):
-        out.append(("output_compression", "xAI has no compression setting"))
-    if req.moderation == "low":
-        out.append(("moderation", "xAI's moderation cannot be relaxed"))
-    return out
+    if size is None or "aspect_ratio" in native or size_fields(size) is not None:
+        return []
+    near = aspect_ratio(*size, [r for r in ASPECT_RATIOS if "." not in r])
+    hint = f" (nearest: {near})" if near else ""
+    return [("size", f"xAI takes only the aspect ratios {', '.join(ASPECT_RATIOS)}{hint}")]
 
 
 def _select(path: Path) -> bool:
@@ -205,7 +209,7 @@ class XaiTranslator(TappedTranslator):
         head.clear()
         return out
 
-    def complete(self, skeleton: bytes) -> bytes:
+    def complete(self, skeleton: bytes) -> Ending:
         try:
             answer = _answer.decode(skeleton)
         except msgspec.DecodeError as exc:
@@ -222,7 +226,7 @@ class XaiTranslator(TappedTranslator):
                     out += self.writer.url(item.url)
         if not self.writer.images and (flagged or self._withheld):
             raise moderation_blocked(self.provider, "xAI withheld the generated image under its moderation rules")
-        return out + self.writer.finish(None)
+        return Ending(out + self.writer.finish(None))
 
     def error(self, status: int, headers: Mapping[str, str], body: bytes) -> GatewayError:
         message = error_message(body)
@@ -250,31 +254,25 @@ def _code(body: bytes) -> str:
     return "" if code is None else str(code)
 
 
-class XaiAdapter:
-    Options: ClassVar[type[msgspec.Struct]] = XaiOptions
+class XaiAdapter(AdapterBase[XaiOptions]):
+    Options = XaiOptions
+    default_url = DEFAULT_URL
+    capabilities = CAPABILITIES
 
     @classmethod
-    def check(cls, *, base_url: str | None, api_key: str | None, options: msgspec.Struct) -> None:
-        check_base_url(base_url)
-
-    def __init__(
-        self, *, name: str, base_url: str | None, api_key: str | None, headers: Mapping[str, str], options: msgspec.Struct
-    ) -> None:
+    def capabilities_for(cls, options: msgspec.Struct) -> Capabilities:
         assert isinstance(options, XaiOptions)
-        self.name = name
-        self.options = options
-        self.clock = time.time
-        self._url = (base_url or DEFAULT_URL).rstrip("/") + "/images/generations"
-        self._headers = {"Content-Type": "application/json", **headers}
-        if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
+        return msgspec.structs.replace(cls.capabilities, formats=(options.output_format,))
 
-    def translator(
-        self, request: ImageGenerationRequest, body: bytes, upstream_model: str, request_id: str
-    ) -> XaiTranslator:
+    def setup(self, settings: ProviderSettings) -> None:
+        self._url = self.base_url + "/images/generations"
+        self._headers = {"Content-Type": "application/json", **settings.headers, **bearer(settings.api_key)}
+
+    def generation(self, g: Generation) -> XaiTranslator:
+        request, body, upstream_model, request_id = g.request, g.body, g.upstream_model, g.request_id
         native = native_fields(body)
         returns = self.options.output_format
-        headers = settle(self.name, problems(request, returns, native), self.options.unsupported)
+        headers = self.settle(request, size_problems(request, native), own=("size",))
         fields: dict[str, object] = {"model": upstream_model, "prompt": request.prompt}
         if isinstance(request.n, int):
             fields["n"] = request.n

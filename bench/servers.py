@@ -128,11 +128,11 @@ class Servers:
 
 
 def _pixelgate() -> list[str]:
-    """The venv's ``pixelgate`` script, or ``python -m proxy`` (the same CLI) without it."""
+    """The venv's ``pixelgate`` script, or ``python -m pixelgate`` (the same CLI) without it."""
     script = Path(sys.executable).with_name("pixelgate")
     if script.exists() and os.access(script, os.X_OK):
         return [str(script)]
-    return [sys.executable, "-m", "proxy"]
+    return [sys.executable, "-m", "pixelgate"]
 
 
 _CONFIG = """\

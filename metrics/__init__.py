@@ -14,22 +14,18 @@ hot path.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
 import os
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.metrics import MetricWrapperBase
 
-from adapters.openai_wire import Usage
+from pixelgate.core.prices import Price
+from pixelgate.core.record import AttemptRecord, RequestRecord
+from pixelgate.core.usage import token_counts
 
-if TYPE_CHECKING:
-    from proxy.config import Price
-    from proxy.dispatch import Attempt
-
-__all__ = ["AUTH_FAILURES", "ERROR_TYPES", "LIMITS", "OTHER", "Metrics", "RequestRecord", "cost_usd", "exposition", "token_counts"]
+__all__ = ["AUTH_FAILURES", "ERROR_TYPES", "LIMITS", "OTHER", "Metrics", "exposition"]
 
 OTHER = "other"
 
@@ -77,61 +73,6 @@ def exposition(registry: CollectorRegistry) -> bytes:
         multiprocess.MultiProcessCollector(combined)
         return generate_latest(combined)
     return generate_latest(registry)
-
-
-@dataclass(slots=True)
-class RequestRecord:
-    """One generation request, as the access log and the metrics see it."""
-
-    request_id: str
-    endpoint: str
-    stream: bool
-    status: int = 500
-    provider: str | None = None
-    model: str | None = None
-    upstream_model: str | None = None
-    error_type: str | None = None
-    attempts: int = 0
-    duration_s: float = 0.0
-    upstream_headers_s: float | None = None
-    first_partial_s: float | None = None
-    completed_s: float | None = None
-    overhead_request_s: float | None = None
-    overhead_response_s: float | None = None
-    usage: Usage | None = None
-    images: int = 0
-    partials: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    keepalives: int = 0
-    cost_usd: float | None = None
-    # The gateway key's configured name (never the key itself).
-    key: str | None = None
-
-
-def token_counts(usage: Usage) -> dict[tuple[str, str], int]:
-    """Tokens by (direction, modality). Without details, input is text and
-    output is image: what image models bill for."""
-    inp, out = usage.input_tokens_details, usage.output_tokens_details
-    in_text, in_image = (inp.text_tokens, inp.image_tokens) if inp else (usage.input_tokens, 0)
-    out_text, out_image = (out.text_tokens, out.image_tokens) if out else (0, usage.output_tokens)
-    return {("input", "text"): in_text, ("input", "image"): in_image, ("output", "text"): out_text, ("output", "image"): out_image}
-
-
-def cost_usd(price: Price | None, usage: Usage | None, images: int) -> float | None:
-    """USD for one request, or None when the model has no price (never a guess)."""
-    if price is None:
-        return None
-    cost = images * price.per_image
-    if usage is not None:
-        tokens = token_counts(usage)
-        cost += (
-            tokens["input", "text"] * price.input_text
-            + tokens["input", "image"] * price.input_image
-            + tokens["output", "text"] * price.output_text
-            + tokens["output", "image"] * price.output_image
-        ) / 1_000_000
-    return cost
 
 
 class Metrics:
@@ -250,22 +191,20 @@ class Metrics:
     def attempt_started(self, provider: str) -> None:
         self._child(self.inflight, self.provider_label(provider)).inc()
 
-    def observe_attempt(self, attempt: Attempt, previous: Attempt | None, headers_after: float | None, bytes_sent: int) -> None:
-        route = attempt.route
-        p, m = self.provider_label(route.provider.name), self.model_label(route.public_model)
-        if attempt.kind != "circuit_open":
+    def observe_attempt(self, a: AttemptRecord) -> None:
+        p, m = self.provider_label(a.provider), self.model_label(a.model)
+        if a.sent:
             self._child(self.inflight, p).dec()
-            self._child(self.bytes, p, m, "request").inc(bytes_sent)
-        kind = attempt.kind if attempt.kind == "ok" or attempt.kind in ERROR_TYPES else "internal"
+            self._child(self.bytes, p, m, "request").inc(a.bytes_sent)
+        kind = a.kind if a.kind == "ok" or a.kind in ERROR_TYPES else "internal"
         self._child(self.attempts, p, m, kind).inc()
-        if headers_after is not None:
-            self._child(self.upstream_headers, p, m).observe(headers_after)
-        if previous is not None and previous.kind != "ok":
-            if previous.route.breaker is route.breaker:
-                self._child(self.retries, p, m).inc()
-            else:
-                self._child(self.fallbacks, p, m).inc()
-        self.breaker_state(route.provider.name, route.public_model, route.breaker.state.value)
+        if a.upstream_headers_s is not None:
+            self._child(self.upstream_headers, p, m).observe(a.upstream_headers_s)
+        if a.follows == "retry":
+            self._child(self.retries, p, m).inc()
+        elif a.follows == "fallback":
+            self._child(self.fallbacks, p, m).inc()
+        self.breaker_state(a.provider, a.model, a.breaker_state)
 
     def breaker_state(self, provider: str, model: str, state: str) -> None:
         self._child(self.breaker, self.provider_label(provider), self.model_label(model)).set(BREAKER_STATES[state])

@@ -1,3 +1,1 @@
-"""Pixelgate: an async gateway for image generation."""
-
-__version__ = "0.1.0"
+"""The server: HTTP handlers, routing, relay, access control, config."""

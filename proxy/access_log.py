@@ -15,8 +15,8 @@ import time
 
 import msgspec
 
-from adapters.openai_wire import Usage
-from metrics import RequestRecord
+from pixelgate.core.record import RequestRecord
+from pixelgate.core.usage import Usage
 
 __all__ = ["log_request"]
 

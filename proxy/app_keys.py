@@ -5,13 +5,13 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from metrics import Metrics
-from proxy.access.control import AccessControl, Client
-from proxy.breaker import Breaker
-from proxy.config import Config
-from proxy.relay import RelaySettings
-from proxy.routing import Router
-from proxy.state import GatewayState
+from pixelgate.metrics import Metrics
+from pixelgate.proxy.access.control import AccessControl, Client
+from pixelgate.proxy.breaker import Breaker
+from pixelgate.proxy.config import Config
+from pixelgate.proxy.relay import RelaySettings
+from pixelgate.proxy.routing import Router
+from pixelgate.proxy.state import GatewayState
 
 __all__ = ["ACCESS", "BREAKERS", "CLIENT", "CONFIG", "METRICS", "REGISTRY", "RELAY_SETTINGS", "REQUEST_ID", "RESPONSE_HEADERS", "ROUTER", "STATE"]
 

@@ -20,7 +20,7 @@ from enum import StrEnum
 
 import msgspec
 
-from proxy.config import BreakerConfig
+from pixelgate.proxy.config import BreakerConfig
 
 __all__ = ["Breaker", "BreakerSnapshot", "State"]
 

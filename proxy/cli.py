@@ -1,4 +1,4 @@
-"""``pixelgate`` (= ``python -m proxy``): serve the gateway or the demo upstream."""
+"""``pixelgate`` (= ``python -m pixelgate``): serve the gateway or the demo upstream."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 import msgspec
 
-from proxy.config import Config, ConfigError, load_config, zero_config
+from pixelgate.proxy.config import Config, ConfigError, load_config, zero_config
 
 __all__ = ["main"]
 
@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _keys_hash(generate: bool) -> int:
     """Keys are shown once (the new one, on stdout) and never stored: only the hash goes in config."""
-    from proxy.access.keys import generate_key, hash_key
+    from pixelgate.proxy.access.keys import generate_key, hash_key
 
     if generate:
         key = generate_key()
@@ -84,7 +84,7 @@ def _setup_logging() -> None:
     # No format here uses the caller's file and line, thread or process names:
     # turning their collection off (the logging HOWTO's "Optimization") takes
     # a third off the cost of the access log's line per request.
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         return _keys_hash(args.generate)
     _setup_logging()
     if args.command == "demo-upstream":
-        from proxy.demo.server import run_demo
+        from pixelgate.proxy.demo.server import run_demo
 
         logging.getLogger("pixelgate").info("demo upstream on http://%s:%d/v1", args.host, args.port)
         run_demo(args.host, args.port, args.latency_ms, args.interval_ms)
@@ -116,12 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     log = logging.getLogger("pixelgate")
     if args.workers > 1:
-        from proxy.workers import supervise
+        from pixelgate.proxy.workers import supervise
 
         log.info("%s; %d workers", _describe(config, bool(args.config or os.environ.get("PIXELGATE_CONFIG"))), args.workers)
         worker_args = _without_workers((argv if argv is not None else sys.argv[1:])[1:])
         return supervise(worker_args, args.workers, config.server.shutdown_timeout)
-    from proxy.server import run
+    from pixelgate.proxy.server import run
 
     if not args.reuse_port:
         log.info("%s", _describe(config, bool(args.config or os.environ.get("PIXELGATE_CONFIG"))))

@@ -17,22 +17,23 @@ import msgspec
 import yaml
 from msgspec import Meta
 
-from adapters import REGISTRY
-from proxy.access.config import AccessConfig, KeyConfig, check_access, plaintext_hint
+from pixelgate.adapters import REGISTRY
+from pixelgate.core.prices import Price
+from pixelgate.core.translator import ProviderSettings
+from pixelgate.proxy.access.config import AccessConfig, KeyConfig, check_access, plaintext_hint
 
 __all__ = [
+    "WILDCARD",
     "AccessConfig",
     "BreakerConfig",
     "Config",
     "ConfigError",
     "Deployment",
     "ModelConfig",
-    "Price",
     "ProviderConfig",
     "RoutingConfig",
     "ServerConfig",
     "Timeouts",
-    "WILDCARD",
     "load_config",
     "zero_config",
 ]
@@ -103,6 +104,10 @@ class ProviderConfig(msgspec.Struct, forbid_unknown_fields=True):
     # Adapter-specific settings, checked against the adapter's Options Struct.
     options: dict[str, Any] = {}
 
+    def settings(self, name: str, options: msgspec.Struct) -> ProviderSettings:
+        """What the adapter gets: these settings, with its ``Options`` decoded."""
+        return ProviderSettings(name, self.base_url, self.api_key, self.headers, options)
+
 
 class Deployment(msgspec.Struct, forbid_unknown_fields=True):
     provider: str
@@ -143,20 +148,6 @@ class RoutingConfig(msgspec.Struct, forbid_unknown_fields=True):
     # One deadline for all attempts of a request.
     deadline: Seconds = 1800.0
     breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
-
-
-USDPerMillion = Annotated[float, Meta(ge=0)]
-
-
-class Price(msgspec.Struct, forbid_unknown_fields=True):
-    """What a model costs: USD per million tokens by direction and modality,
-    and/or a flat USD price per image (for providers that bill per image)."""
-
-    input_text: USDPerMillion = 0.0
-    input_image: USDPerMillion = 0.0
-    output_text: USDPerMillion = 0.0
-    output_image: USDPerMillion = 0.0
-    per_image: Annotated[float, Meta(ge=0)] = 0.0
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True):
@@ -278,7 +269,7 @@ def _check(config: Config) -> Config:
             raise ConfigError(f"providers.{name}.adapter: unknown adapter {provider.adapter!r} (known: {known})")
         options = _convert(provider.options, adapter.Options, f"providers.{name}.options")
         try:
-            adapter.check(base_url=provider.base_url, api_key=provider.api_key, options=options)
+            adapter.check(provider.settings(name, options))
         except ValueError as exc:
             raise ConfigError(f"providers.{name}.{exc}") from None
     for name in config.prices:

@@ -29,8 +29,7 @@ from typing import Protocol
 
 from aiohttp import web
 
-from proxy.config import RoutingConfig
-from proxy.errors import (
+from pixelgate.core.errors import (
     GatewayError,
     NoProviderAvailable,
     UpstreamError,
@@ -38,9 +37,11 @@ from proxy.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from proxy.relay import Exchange, Outcome, RelaySettings, relay
-from proxy.breaker import Breaker
-from proxy.routing import Route
+from pixelgate.proxy.breaker import Breaker
+from pixelgate.proxy.config import RoutingConfig
+from pixelgate.proxy.exchange import Exchange, Outcome
+from pixelgate.proxy.relay import RelaySettings, relay
+from pixelgate.proxy.routing import Route
 
 __all__ = ["Attempt", "Observer", "dispatch", "retry_after", "success_headers"]
 
@@ -59,7 +60,7 @@ class Observer(Protocol):
 
     def started(self, route: Route) -> None: ...
 
-    def finished(self, attempt: Attempt, outcome: Outcome | None, bytes_sent: int) -> None: ...
+    def finished(self, attempt: Attempt, outcome: Outcome | None) -> None: ...
 
 
 def _fails_over(err: GatewayError) -> bool:
@@ -140,7 +141,7 @@ async def dispatch(
         breaker = route.breaker
         if not breaker.allow():
             attempts.append(attempt := Attempt(route, "circuit_open", "circuit_open"))
-            observer.finished(attempt, None, 0)
+            observer.finished(attempt, None)
             continue
         for retry in range(routing.retries + 1):
             left = deadline - loop.time()
@@ -152,10 +153,10 @@ async def dispatch(
             try:
                 response = await relay(request, ex, settings, outcome)
             except GatewayError as err:
-                latency = outcome.headers_after or 0.0
+                latency = outcome.upstream_headers_s or 0.0
                 breaker.record(ok=not _fails_over(err), latency=latency)
                 attempts.append(attempt := Attempt(route, _result(err), err.error_type))
-                observer.finished(attempt, outcome, len(ex.upstream.body))
+                observer.finished(attempt, outcome)
                 if not _fails_over(err):
                     raise _annotated(err, attempts, route) from None
                 errors.append((err, route))
@@ -167,12 +168,12 @@ async def dispatch(
             except asyncio.CancelledError:
                 breaker.release()  # the client left: no verdict on the provider
                 attempts.append(attempt := Attempt(route, "client_disconnect", "client_disconnect"))
-                observer.finished(attempt, outcome, len(ex.upstream.body))
+                observer.finished(attempt, outcome)
                 raise
             _record_success(breaker, outcome)
             kind = outcome.error_type or "ok"
             attempts.append(attempt := Attempt(route, "200" if kind == "ok" else kind, kind))
-            observer.finished(attempt, outcome, len(ex.upstream.body))
+            observer.finished(attempt, outcome)
             return response, route, outcome
     if not errors:
         if not attempts:
@@ -190,7 +191,7 @@ async def dispatch(
 def _record_success(breaker: Breaker, outcome: Outcome) -> None:
     # A stream that broke after its first byte is the provider's failure too.
     failed = outcome.error_type in ("protocol", "timeout", "status_5xx")
-    breaker.record(ok=not failed, latency=outcome.headers_after or 0.0)
+    breaker.record(ok=not failed, latency=outcome.upstream_headers_s or 0.0)
 
 
 def _delay(err: GatewayError, retry: int, routing: RoutingConfig) -> float | None:

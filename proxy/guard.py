@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from yarl import URL
 
-from adapters.base import Guard
-from proxy.errors import UpstreamProtocolError
+from pixelgate.core.errors import UpstreamProtocolError
+from pixelgate.core.translator import Guard
 
 __all__ = ["check_url", "host_allowed"]
 

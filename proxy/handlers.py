@@ -3,21 +3,37 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Literal
 
 import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from metrics import Metrics, RequestRecord, cost_usd, exposition
-from proxy.access.limits import Ticket, quota_headers
-from proxy.access.middleware import response_headers
-from proxy.access_log import log_request
-from proxy.app_keys import ACCESS, BREAKERS, CLIENT, CONFIG, METRICS, REGISTRY, RELAY_SETTINGS, REQUEST_ID, ROUTER, STATE
-from proxy.dispatch import Attempt, dispatch, success_headers
-from proxy.errors import GatewayError, PayloadTooLarge
-from proxy.relay import Exchange, Outcome
-from proxy.routing import Route
-from proxy.schema import decode_request, with_user
+from pixelgate.core.errors import GatewayError, PayloadTooLarge
+from pixelgate.core.prices import cost_usd
+from pixelgate.core.record import AttemptRecord, RequestRecord
+from pixelgate.core.request import ImageGenerationRequest, decode_request, with_user
+from pixelgate.core.translator import Generation
+from pixelgate.metrics import Metrics, exposition
+from pixelgate.proxy.access.limits import Ticket, quota_headers
+from pixelgate.proxy.access.middleware import response_headers
+from pixelgate.proxy.access_log import log_request
+from pixelgate.proxy.app_keys import (
+    ACCESS,
+    BREAKERS,
+    CLIENT,
+    CONFIG,
+    METRICS,
+    REGISTRY,
+    RELAY_SETTINGS,
+    REQUEST_ID,
+    ROUTER,
+    STATE,
+)
+from pixelgate.proxy.dispatch import Attempt, dispatch, success_headers
+from pixelgate.proxy.exchange import Exchange, Outcome
+from pixelgate.proxy.routing import Route
 
 __all__ = ["generations", "healthz", "metrics", "models", "providers", "readyz"]
 
@@ -66,19 +82,93 @@ class _Observer:
     def started(self, route: Route) -> None:
         self._metrics.attempt_started(route.provider.name)
 
-    def finished(self, attempt: Attempt, outcome: Outcome | None, bytes_sent: int) -> None:
-        headers_after = outcome.headers_after if outcome else None
-        self._metrics.observe_attempt(attempt, self.last, headers_after, bytes_sent)
+    def finished(self, attempt: Attempt, outcome: Outcome | None) -> None:
+        route = attempt.route
+        upstream_headers_s = outcome.upstream_headers_s if outcome else None
+        bytes_sent = outcome.bytes_sent if outcome else 0
+        follows: Literal["retry", "fallback"] | None = None
+        if self.last is not None and self.last.kind != "ok":
+            follows = "retry" if self.last.route.breaker is route.breaker else "fallback"
+        self._metrics.observe_attempt(
+            AttemptRecord(
+                provider=route.provider.name,
+                model=route.public_model,
+                kind=attempt.kind,
+                sent=attempt.kind != "circuit_open",
+                bytes_sent=bytes_sent,
+                upstream_headers_s=upstream_headers_s,
+                breaker_state=route.breaker.state.value,
+                follows=follows,
+            )
+        )
         r = self.record
         r.attempts += 1
         r.bytes_in += bytes_sent
-        r.provider, r.model = attempt.route.provider.name, attempt.route.public_model
-        r.upstream_model = attempt.route.upstream_model
-        if headers_after is not None:
-            r.upstream_headers_s = headers_after
+        r.provider, r.model, r.upstream_model = route.provider.name, route.public_model, route.upstream_model
+        if upstream_headers_s is not None:
+            r.upstream_headers_s = upstream_headers_s
         self.last = attempt
         if outcome is not None:
             self.outcome = outcome
+
+
+class _Admitted(msgspec.Struct):
+    """A request that passed every check before the first attempt."""
+
+    request: ImageGenerationRequest
+    body: bytes
+    # Loop time the body was read: the gateway's own time runs from here.
+    body_read_at: float
+    routes: list[Route]
+    ticket: Ticket | None
+
+
+async def _admit(request: web.Request, record: RequestRecord) -> _Admitted:
+    """Read, decode and check the request, route it, and take its quota.
+
+    Raises the ``GatewayError`` that refuses it; the order is the cheapest
+    refusal first, and the quota last, so a request refused for any other
+    reason takes none.
+    """
+    app = request.app
+    access = app[ACCESS]
+    client = request.get(CLIENT)
+    body = await _read_body(request)
+    body_read_at = asyncio.get_running_loop().time()
+    req = decode_request(body)
+    record.stream = req.streaming
+    access.check_model(client, req)
+    routes = app[ROUTER].routes(req.model, req.provider)
+    ticket = await access.admit(client, req)
+    if ticket is not None:
+        response_headers(request).update(quota_headers(ticket.requests, ticket.images))
+    if client is not None and access.config.set_user:
+        body = with_user(body, client.name)
+        req = msgspec.structs.replace(req, user=client.name)
+    return _Admitted(req, body, body_read_at, routes, ticket)
+
+
+def _exchanges(admitted: _Admitted, request_id: str) -> Callable[[Route, list[Attempt], float], Exchange]:
+    """How dispatch builds each attempt of this request."""
+
+    def exchange(route: Route, attempts: list[Attempt], seconds_left: float) -> Exchange:
+        g = Generation(admitted.request, admitted.body, route.upstream_model, request_id)
+        translator = route.provider.adapter.generation(g)
+        timeouts = route.provider.timeouts
+        if seconds_left < max(timeouts.total, timeouts.first_byte):
+            # The request's deadline bounds every attempt.
+            timeouts = msgspec.structs.replace(
+                timeouts, total=min(timeouts.total, seconds_left), first_byte=min(timeouts.first_byte, seconds_left)
+            )
+        headers = {
+            "x-request-id": request_id,
+            "x-pixelgate-provider": route.provider.name,
+            "x-pixelgate-upstream-model": route.upstream_model,
+            **success_headers(attempts, route),
+        }
+        return Exchange(route.provider.name, translator, route.provider.transport, timeouts, headers)
+
+    return exchange
 
 
 async def _generations(request: web.Request) -> web.StreamResponse:
@@ -86,56 +176,15 @@ async def _generations(request: web.Request) -> web.StreamResponse:
     metrics = app[METRICS]
     loop = asyncio.get_running_loop()
     started = loop.time()
-    access = app[ACCESS]
     client = request.get(CLIENT)
     record = RequestRecord(request_id=request[REQUEST_ID], endpoint=_ENDPOINT, stream=False)
     record.key = client.name if client is not None else None
     observer = _Observer(metrics, record)
-    prompt: str | None = None
-    body_read: float | None = None
-    ticket: Ticket | None = None
+    admitted: _Admitted | None = None
     try:
-        body = await _read_body(request)
-        body_read = loop.time()
-        req = decode_request(body)
-        record.stream = req.streaming
-        if app[CONFIG].server.log_prompts:
-            prompt = req.prompt
-        access.check_model(client, req)
-        routes = app[ROUTER].routes(req.model, req.provider)
-        # Last, so a request refused for any other reason takes no quota.
-        ticket = await access.admit(client, req)
-        if ticket is not None:
-            response_headers(request).update(quota_headers(ticket.requests, ticket.images))
-        if client is not None and access.config.set_user:
-            body = with_user(body, client.name)
-            req = msgspec.structs.replace(req, user=client.name)
-        rid = record.request_id
-
-        def exchange(route: Route, attempts: list[Attempt], seconds_left: float) -> Exchange:
-            translator = route.provider.adapter.translator(req, body, route.upstream_model, rid)
-            timeouts = route.provider.timeouts
-            if seconds_left < max(timeouts.total, timeouts.first_byte):
-                # The request's deadline bounds every attempt.
-                timeouts = msgspec.structs.replace(
-                    timeouts, total=min(timeouts.total, seconds_left), first_byte=min(timeouts.first_byte, seconds_left)
-                )
-            return Exchange(
-                provider=route.provider.name,
-                translator=translator,
-                upstream=translator.request(),
-                transport=route.provider.transport,
-                timeouts=timeouts,
-                headers={
-                    "x-request-id": rid,
-                    "x-pixelgate-provider": route.provider.name,
-                    "x-pixelgate-upstream-model": route.upstream_model,
-                    **success_headers(attempts, route),
-                },
-            )
-
+        admitted = await _admit(request, record)
         response, _, outcome = await dispatch(
-            request, routes, exchange, app[RELAY_SETTINGS], app[CONFIG].routing, observer
+            request, admitted.routes, _exchanges(admitted, record.request_id), app[RELAY_SETTINGS], app[CONFIG].routing, observer
         )
         record.status, record.error_type = outcome.status, outcome.error_type
         return response
@@ -148,14 +197,17 @@ async def _generations(request: web.Request) -> web.StreamResponse:
         record.status, record.error_type = 499, "client_disconnect"
         raise
     finally:
-        _finish(record, observer.outcome, started, loop.time(), body_read, metrics)
-        if ticket is not None:
+        _finish(record, observer.outcome, started, loop.time(), admitted.body_read_at if admitted else None, metrics)
+        if admitted is not None and admitted.ticket is not None:
             # Images actually returned, the stream slot, the cost: after the last byte.
-            await access.settle(ticket, record.images, record.cost_usd)
+            await app[ACCESS].settle(admitted.ticket, record.images, record.cost_usd)
+        prompt = admitted.request.prompt if admitted is not None and app[CONFIG].server.log_prompts else None
         log_request(record, prompt)
 
 
-def _finish(r: RequestRecord, outcome: Outcome | None, started: float, now: float, body_read: float | None, metrics: Metrics) -> None:
+def _finish(
+    r: RequestRecord, outcome: Outcome | None, started: float, now: float, body_read: float | None, metrics: Metrics
+) -> None:
     """Fill the record from the last attempt's outcome, then count it."""
     r.duration_s = now - started
     if outcome is not None:

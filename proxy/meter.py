@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import msgspec
 
-from adapters.openai_wire import Usage, decode_usage
-from proxy.sse import Span, head_of
+from pixelgate.core.usage import Usage, decode_usage
+from pixelgate.proxy.sse import Span, head_of
 
 __all__ = ["BodyMeter", "EventInfo", "KeyScanner", "add_usage", "classify", "inspect_event"]
 

@@ -25,10 +25,7 @@ from dataclasses import dataclass
 import msgspec
 from aiohttp import web
 
-from adapters.base import ResponseHead, Translator, UpstreamRequest
-from adapters.openai_wire import Usage
-from proxy.config import Timeouts
-from proxy.errors import (
+from pixelgate.core.errors import (
     GatewayError,
     GatewayShuttingDown,
     UpstreamProtocolError,
@@ -36,27 +33,15 @@ from proxy.errors import (
     error_body_json,
     error_event,
 )
-from proxy.meter import (
-    BodyMeter,
-    EventInfo,
-    KeyScanner,
-    add_usage,
-    classify,
-    inspect_event,
-)
-from proxy.sse import (
-    KEEPALIVE,
-    EventFramer,
-    EventTooLarge,
-    Span,
-    span_views,
-    without_unsafe_fields,
-)
-from proxy.state import GatewayState
-from proxy.transport import Transport
-from proxy.upstream import Upstream
+from pixelgate.core.translator import ResponseHead
+from pixelgate.core.usage import Usage
+from pixelgate.proxy.exchange import Exchange, Outcome
+from pixelgate.proxy.meter import BodyMeter, EventInfo, KeyScanner, add_usage, classify, inspect_event
+from pixelgate.proxy.sse import KEEPALIVE, EventFramer, EventTooLarge, Span, span_views, without_unsafe_fields
+from pixelgate.proxy.state import GatewayState
+from pixelgate.proxy.upstream import Upstream
 
-__all__ = ["ClientTooSlow", "Exchange", "Outcome", "RelaySettings", "relay"]
+__all__ = ["ClientTooSlow", "RelaySettings", "relay"]
 
 log = logging.getLogger("pixelgate.relay")
 
@@ -73,40 +58,6 @@ class RelaySettings:
 
 class ClientTooSlow(ConnectionResetError):
     """The client did not take a write within ``server.write_timeout``."""
-
-
-@dataclass(slots=True)
-class Exchange:
-    """One attempt at one provider: everything the relay needs, decided upstream of it."""
-
-    provider: str
-    translator: Translator
-    upstream: UpstreamRequest
-    transport: Transport
-    timeouts: Timeouts
-    headers: dict[str, str]  # gateway headers every response carries
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What happened, for metrics and the access log."""
-
-    status: int = 0
-    images: int = 0
-    partials: int = 0
-    usage: Usage | None = None
-    bytes_out: int = 0
-    error_type: str | None = None
-    # Seconds from the start of the attempt to the upstream's status line.
-    headers_after: float | None = None
-    # Loop times: the upstream request handed to the transport; the first
-    # partial image and the first completed image written to the client.
-    sent_at: float | None = None
-    first_partial_at: float | None = None
-    completed_at: float | None = None
-    # Upstream bytes read to the same bytes written to the client (first chunk).
-    response_overhead: float | None = None
-    keepalives: int = 0
 
 
 class _Client:
@@ -138,8 +89,8 @@ class _Client:
             transport.abort()
 
 
-def _response(ex: Exchange, head: ResponseHead, upstream_headers: Mapping[str, str]) -> web.StreamResponse:
-    resp = web.StreamResponse(status=200, headers={**head.headers, **ex.translator.headers, **ex.headers})
+def _response(ex: Exchange, upstream: Upstream, head: ResponseHead, upstream_headers: Mapping[str, str]) -> web.StreamResponse:
+    resp = web.StreamResponse(status=200, headers={**head.headers, **upstream.client_headers, **ex.headers})
     resp.content_type = head.content_type
     if head.stream:
         resp.headers["Cache-Control"] = "no-cache"
@@ -147,7 +98,8 @@ def _response(ex: Exchange, head: ResponseHead, upstream_headers: Mapping[str, s
     elif head.passthrough and "Content-Encoding" not in upstream_headers:
         # Unchanged bytes: the upstream's length holds, and a client can tell
         # a cut body from a whole one without chunked framing.
-        if (length := upstream_headers.get("Content-Length")) is not None and length.isdigit():
+        length = upstream_headers.get("Content-Length", "")
+        if length.isdigit():
             resp.content_length = int(length)
     return resp
 
@@ -194,9 +146,9 @@ async def relay(request: web.Request, ex: Exchange, settings: RelaySettings, out
         async with asyncio.timeout(ex.timeouts.total) as total:
             upstream = Upstream(ex, outcome)
             try:
-                if ex.translator.waits and settings.keepalive_interval:
+                if upstream.waits and settings.keepalive_interval:
                     stream = True
-                    client = _Client(request, _response(ex, _WAITING, {}), outcome, settings.write_timeout)
+                    client = _Client(request, _response(ex, upstream, _WAITING, {}), outcome, settings.write_timeout)
                     head = await _keeping_alive(upstream.start(), client, settings.keepalive_interval)
                     if not client.response.prepared:
                         client = None
@@ -204,9 +156,9 @@ async def relay(request: web.Request, ex: Exchange, settings: RelaySettings, out
                     head = await upstream.start()
                 stream = head.stream
                 if client is None:
-                    client = _Client(request, _response(ex, head, upstream.headers), outcome, settings.write_timeout)
+                    client = _Client(request, _response(ex, upstream, head, upstream.headers), outcome, settings.write_timeout)
                 if stream:
-                    await _pump_events(upstream, ex, settings, client)
+                    await _EventPump(upstream, ex, settings, client).run()
                 else:
                     await _pump_body(upstream, ex, client)
             except BaseException as exc:
@@ -334,7 +286,7 @@ async def _pump_body(upstream: Upstream, ex: Exchange, client: _Client) -> None:
     await client.response.write_eof()
     client.outcome.completed_at = loop.time()
     client.outcome.images = meter.images
-    client.outcome.usage = meter.usage() or ex.translator.usage()
+    client.outcome.usage = meter.usage() or upstream.usage
 
 
 class _CutThrough:
@@ -380,107 +332,147 @@ class _CutThrough:
 _HEAD = 256
 
 
-async def _pump_events(upstream: Upstream, ex: Exchange, settings: RelaySettings, client: _Client) -> None:
-    loop = asyncio.get_running_loop()
-    framer = EventFramer(settings.max_event_bytes)
-    idle, keepalive = ex.timeouts.idle, settings.keepalive_interval
-    outcome = client.outcome
-    completed = 0
-    usage: Usage | None = None
-    through: _CutThrough | None = None
-    last_read = last_write = loop.time()
+class _EventPump:
+    """Relays an event stream: each event out the moment it is whole (or, once
+    its head shows what it is, piece by piece), keep-alives between events,
+    the idle timeout, and the counts the outcome reports."""
 
-    def count(info: EventInfo, event_usage: Usage | None) -> None:
-        nonlocal completed, usage
-        now = loop.time()
+    __slots__ = (
+        "_client", "_completed", "_ex", "_framer", "_last_read", "_last_write", "_loop", "_outcome", "_settings",
+        "_through", "_upstream", "_usage",
+    )
+
+    def __init__(self, upstream: Upstream, ex: Exchange, settings: RelaySettings, client: _Client) -> None:
+        self._upstream = upstream
+        self._ex = ex
+        self._settings = settings
+        self._client = client
+        self._outcome = client.outcome
+        self._loop = asyncio.get_running_loop()
+        self._framer = EventFramer(settings.max_event_bytes)
+        self._completed = 0
+        self._usage: Usage | None = None
+        # The event being relayed piece by piece, if one is.
+        self._through: _CutThrough | None = None
+        self._last_read = self._last_write = self._loop.time()
+
+    async def run(self) -> None:
+        try:
+            try:
+                if await self._relay_all():
+                    return
+            except asyncio.CancelledError:
+                shutdown = _shutdown_error(self._settings)
+                if shutdown is None:
+                    raise
+                raise shutdown from None
+            except EventTooLarge as exc:
+                raise UpstreamProtocolError(f"provider {self._ex.provider!r}: {exc} (server.max_event_bytes)") from None
+        except GatewayError as err:
+            if self._through is not None:
+                await self._client.write(self._through.abandon(err))
+            raise
+        finally:
+            self._outcome.images, self._outcome.usage = self._completed, self._usage or self._upstream.usage
+        if not self._completed:
+            raise UpstreamProtocolError(
+                f"provider {self._ex.provider!r} ended the stream before any image_generation.completed event"
+            )
+        await self._client.response.write_eof()
+
+    async def _relay_all(self) -> bool:
+        """Until the upstream's end; True if an upstream error event ended the stream."""
+        framer = self._framer
+        while True:
+            piece = await self._next_piece()
+            if piece is None:
+                continue
+            data, end = piece
+            for spans in framer.feed(data) if data else ():
+                if await self._relay_whole(spans):
+                    return True
+            if framer.pending and (self._through is not None or framer.held >= _HEAD):
+                await self._relay_partial()
+            if self._through is not None or data:
+                self._last_write = self._loop.time()
+            if end:
+                break
+        if framer.pending:
+            raise UpstreamProtocolError(f"provider {self._ex.provider!r} ended the stream in the middle of an event")
+        return False
+
+    async def _next_piece(self) -> tuple[bytes, bool] | None:
+        """The next upstream bytes, or None after a keep-alive went out instead."""
+        idle, keepalive = self._ex.timeouts.idle, self._settings.keepalive_interval
+        now = self._loop.time()
+        wait = idle - (now - self._last_read)
+        # Keep-alives only between whole events: never inside a half-sent one.
+        if keepalive and not self._framer.pending:
+            wait = min(wait, keepalive - (now - self._last_write))
+        piece = await _read(self._upstream, max(wait, 0))
+        now = self._loop.time()
+        if piece is None:
+            if now - self._last_read >= idle:
+                raise UpstreamTimeout(f"provider {self._ex.provider!r} sent nothing for {idle:g} s (idle timeout)")
+            await self._client.write(KEEPALIVE)
+            self._outcome.keepalives += 1
+            self._last_write = now
+            return None
+        self._last_read = now
+        return piece
+
+    async def _relay_whole(self, spans: list[Span]) -> bool:
+        """One event whose blank line has arrived; True if it was an error that ends the stream."""
+        client = self._client
+        if (through := self._through) is not None:
+            # The rest of an event already on its way.
+            through.feed(spans)
+            await _write_spans(client, spans)
+            self._count(through.info, through.usage())
+            self._through = None
+            return False
+        info = inspect_event(spans)
+        if info.kind == "empty":
+            # An event-only frame (`event: ping`) reaches openai-python
+            # as `data: ""` and crashes its JSON parser: keep it here.
+            return False
+        if info.unsafe:
+            await client.write(without_unsafe_fields(spans))
+        else:
+            await _write_spans(client, spans)
+        self._count(info, info.usage)
+        if info.kind != "error":
+            return False
+        # The upstream's own error event went out as sent; it ends the stream.
+        self._outcome.error_type = "moderation" if info.moderation else "status_5xx"
+        await client.response.write_eof()
+        return True
+
+    async def _relay_partial(self) -> None:
+        """Send what has come of a large event, once its head shows it may go."""
+        if self._through is None:
+            info = classify(self._framer.peek(_HEAD))
+            if info.kind in ("empty", "comment") or info.unsafe:
+                return
+            self._through = _CutThrough(info)
+        spans = self._framer.take()
+        self._through.feed(spans)
+        await _write_spans(self._client, spans)
+
+    def _count(self, info: EventInfo, event_usage: Usage | None) -> None:
+        outcome = self._outcome
+        now = self._loop.time()
         if outcome.response_overhead is None:
-            outcome.response_overhead = now - last_read
+            outcome.response_overhead = now - self._last_read
         if info.kind == "partial":
             outcome.partials += 1
             if outcome.first_partial_at is None:
                 outcome.first_partial_at = now
         elif info.kind == "completed":
-            completed += 1
-            usage = add_usage(usage, event_usage)
+            self._completed += 1
+            self._usage = add_usage(self._usage, event_usage)
             if outcome.completed_at is None:
                 outcome.completed_at = now
-
-    try:
-        try:
-            while True:
-                now = loop.time()
-                wait = idle - (now - last_read)
-                # Keep-alives only between whole events: never inside a half-sent one.
-                if keepalive and not framer.pending:
-                    wait = min(wait, keepalive - (now - last_write))
-                piece = await _read(upstream, max(wait, 0))
-                now = loop.time()
-                if piece is None:
-                    if now - last_read >= idle:
-                        raise UpstreamTimeout(f"provider {ex.provider!r} sent nothing for {idle:g} s (idle timeout)")
-                    await client.write(KEEPALIVE)
-                    outcome.keepalives += 1
-                    last_write = now
-                    continue
-                last_read = now
-                data, end = piece
-                for spans in framer.feed(data) if data else ():
-                    if through is not None:
-                        # The rest of an event already on its way.
-                        through.feed(spans)
-                        await _write_spans(client, spans)
-                        count(through.info, through.usage())
-                        through = None
-                        continue
-                    info = inspect_event(spans)
-                    if info.kind == "empty":
-                        # An event-only frame (`event: ping`) reaches openai-python
-                        # as `data: ""` and crashes its JSON parser: keep it here.
-                        continue
-                    if info.unsafe:
-                        await client.write(without_unsafe_fields(spans))
-                    else:
-                        await _write_spans(client, spans)
-                    count(info, info.usage)
-                    if info.kind == "error":
-                        # The upstream's own error event went out as sent; it ends the stream.
-                        outcome.error_type = "moderation" if info.moderation else "status_5xx"
-                        outcome.images, outcome.usage = completed, usage
-                        await client.response.write_eof()
-                        return
-                if framer.pending and (through is not None or framer.held >= _HEAD):
-                    if through is None:
-                        info = classify(framer.peek(_HEAD))
-                        if info.kind not in ("empty", "comment") and not info.unsafe:
-                            through = _CutThrough(info)
-                    if through is not None:
-                        spans = framer.take()
-                        through.feed(spans)
-                        await _write_spans(client, spans)
-                if through is not None or data:
-                    last_write = loop.time()
-                if end:
-                    break
-            if framer.pending:
-                raise UpstreamProtocolError(f"provider {ex.provider!r} ended the stream in the middle of an event")
-        except asyncio.CancelledError:
-            shutdown = _shutdown_error(settings)
-            if shutdown is None:
-                raise
-            raise shutdown from None
-        except EventTooLarge as exc:
-            raise UpstreamProtocolError(f"provider {ex.provider!r}: {exc} (server.max_event_bytes)") from None
-    except GatewayError as err:
-        if through is not None:
-            await client.write(through.abandon(err))
-        raise
-    finally:
-        outcome.images, outcome.usage = completed, usage or ex.translator.usage()
-    if not completed:
-        raise UpstreamProtocolError(
-            f"provider {ex.provider!r} ended the stream before any image_generation.completed event"
-        )
-    await client.response.write_eof()
 
 
 async def _write_spans(client: _Client, spans: list[Span]) -> None:

@@ -18,12 +18,12 @@ from dataclasses import dataclass
 
 from msgspec import UnsetType
 
-from adapters.base import Adapter
-from proxy.breaker import Breaker
-from proxy.config import WILDCARD, Config, Deployment, Timeouts
-from proxy.errors import InvalidRequest, ModelNotFound
-from proxy.schema import ProviderPreferences
-from proxy.transport import Transport
+from pixelgate.core.errors import InvalidRequest, ModelNotFound
+from pixelgate.core.request import ProviderPreferences
+from pixelgate.core.translator import Adapter
+from pixelgate.proxy.breaker import Breaker
+from pixelgate.proxy.config import WILDCARD, Config, Deployment, Timeouts
+from pixelgate.proxy.transport import Transport
 
 __all__ = ["Provider", "Route", "Router"]
 
@@ -70,7 +70,7 @@ class Router:
     def public_models(self) -> list[str]:
         return [name for name in self._config.models if name != WILDCARD]
 
-    def routes(self, model: str | None | UnsetType, prefs: ProviderPreferences | UnsetType) -> list[Route]:
+    def routes(self, model: str | UnsetType | None, prefs: ProviderPreferences | UnsetType) -> list[Route]:
         if not isinstance(model, str) or not model:
             raise InvalidRequest("You must provide a model parameter.", param="model", code="missing_required_parameter")
         public = model if model in self._config.models else WILDCARD

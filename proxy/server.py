@@ -21,21 +21,31 @@ import msgspec
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from adapters import REGISTRY as ADAPTERS
-from metrics import Metrics
-from proxy import handlers
-from proxy.access.control import AccessControl
-from proxy.access.middleware import access_middleware, add_response_headers, limit_backend
-from proxy.app_keys import ACCESS, BREAKERS, CONFIG, METRICS, REGISTRY, RELAY_SETTINGS, REQUEST_ID, ROUTER, STATE
-from proxy.breaker import Breaker
-from proxy.config import WILDCARD, Config
-from proxy.demo.engine import DemoEngine
-from proxy.errors import GatewayError, InvalidRequest, render_error
-from proxy.loop import new_event_loop
-from proxy.relay import RelaySettings
-from proxy.routing import Provider, Router
-from proxy.state import GatewayState
-from proxy.transport import DemoTransport, HttpTransport, SchemeTransport
+from pixelgate.adapters import REGISTRY as ADAPTERS
+from pixelgate.core.errors import GatewayError, InvalidRequest, render_error
+from pixelgate.metrics import Metrics
+from pixelgate.proxy import handlers
+from pixelgate.proxy.access.control import AccessControl
+from pixelgate.proxy.access.middleware import access_middleware, add_response_headers, limit_backend
+from pixelgate.proxy.app_keys import (
+    ACCESS,
+    BREAKERS,
+    CONFIG,
+    METRICS,
+    REGISTRY,
+    RELAY_SETTINGS,
+    REQUEST_ID,
+    ROUTER,
+    STATE,
+)
+from pixelgate.proxy.breaker import Breaker
+from pixelgate.proxy.config import WILDCARD, Config
+from pixelgate.proxy.demo.engine import DemoEngine
+from pixelgate.proxy.loop import new_event_loop
+from pixelgate.proxy.relay import RelaySettings
+from pixelgate.proxy.routing import Provider, Router
+from pixelgate.proxy.state import GatewayState
+from pixelgate.proxy.transport import DemoTransport, HttpTransport, SchemeTransport
 
 __all__ = ["create_app", "run", "runner_options", "serve"]
 
@@ -97,7 +107,7 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
         adapter_cls = ADAPTERS[p.adapter]
         # Already checked when the config was loaded.
         options = msgspec.convert(p.options, adapter_cls.Options)
-        adapter = adapter_cls(name=name, base_url=p.base_url, api_key=p.api_key, headers=p.headers, options=options)
+        adapter = adapter_cls(p.settings(name, options))
         providers[name] = Provider(name, adapter, transport, p.timeouts)
     app[ROUTER] = Router(config, providers, app[BREAKERS])
     app[STATE].ready = True

@@ -24,10 +24,10 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from adapters.base import UpstreamRequest
-from proxy.config import Timeouts
-from proxy.demo.engine import DemoEngine, DemoFault
-from proxy.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnreachable
+from pixelgate.core.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnreachable
+from pixelgate.core.translator import UpstreamRequest
+from pixelgate.proxy.config import Timeouts
+from pixelgate.proxy.demo.engine import DemoEngine, DemoFault
 
 __all__ = ["DemoTransport", "HttpTransport", "SchemeTransport", "Transport", "UpstreamResponse", "read_at_most"]
 

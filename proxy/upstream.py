@@ -1,10 +1,12 @@
 """The upstream side of one exchange, read as the bytes the client gets.
 
+This is the one place a translator is driven (see ``pixelgate.core.translator``).
 Most providers answer in one call. Some answer in several: submit a job, poll
 its status, download the result (one download per image). ``Upstream`` runs
-whichever sequence the translator asks for (``next_call``) and hands the relay
-one stream of client-shaped bytes, so the relay's pumps, framing, metering
-and error handling are the same for all of them.
+whichever sequence the translator asks for (``collected``, ``Ending.then``)
+and hands the relay one stream of client-shaped bytes, with what the
+translator said about it (``waits``, ``client_headers``, ``usage``), so the
+relay's pumps, framing, metering and error handling are the same for all.
 
 Two rules keep it safe under the relay's timers:
 
@@ -23,14 +25,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager, suppress
-from typing import TYPE_CHECKING
 
 from yarl import URL
 
-from adapters.base import Guard, ResponseHead, UpstreamRequest
-from proxy.errors import UpstreamProtocolError, UpstreamTimeout
-from proxy.guard import check_url
-from proxy.transport import UpstreamResponse, read_at_most
+from pixelgate.core.errors import UpstreamProtocolError, UpstreamTimeout
+from pixelgate.core.translator import Guard, MultiCallTranslator, ResponseHead, UpstreamRequest
+from pixelgate.core.usage import Usage
+from pixelgate.proxy.exchange import Exchange, Outcome
+from pixelgate.proxy.guard import check_url
+from pixelgate.proxy.transport import UpstreamResponse, read_at_most
 
 __all__ = ["ERROR_BODY_LIMIT", "Upstream"]
 
@@ -38,9 +41,6 @@ __all__ = ["ERROR_BODY_LIMIT", "Upstream"]
 ERROR_BODY_LIMIT = 64 * 1024
 # A status document of a multi-call exchange (job ids, polling URLs).
 _COLLECT_LIMIT = 1024 * 1024
-
-if TYPE_CHECKING:
-    from proxy.relay import Exchange, Outcome
 
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -69,30 +69,46 @@ _ANSWERED = _Answered()
 
 
 class Upstream:
-    __slots__ = ("_cm", "_count", "_ex", "_guard", "_opening", "_outcome", "_response", "_started", "headers")
+    __slots__ = (
+        "_cm", "_count", "_ex", "_guard", "_next", "_opening", "_outcome", "_response", "_started", "headers", "usage",
+    )
 
     def __init__(self, ex: Exchange, outcome: Outcome) -> None:
         self._ex = ex
         self._outcome = outcome
+        self._opening = ex.translator.request()
         self._cm: AbstractAsyncContextManager[UpstreamResponse] | None = None
         self._response: UpstreamResponse | None = None
         self._guard: Guard | None = None
         self._count = 0
-        self._opening: asyncio.Future[ResponseHead] | None = None
+        # The next call of a sequence, being opened while the relay waits.
+        self._next: asyncio.Future[ResponseHead] | None = None
         self._started = asyncio.get_running_loop().time()
         # The headers of the response whose body is being relayed.
         self.headers: Mapping[str, str] = {}
+        # Usage the translation took out of the bytes (the relay's meter reads the rest).
+        self.usage: Usage | None = None
+
+    @property
+    def waits(self) -> bool:
+        """The upstream cannot stream: a streaming client needs keep-alives meanwhile."""
+        return self._opening.waits
+
+    @property
+    def client_headers(self) -> Mapping[str, str]:
+        """Gateway headers the translator has for the client (e.g. dropped parameters)."""
+        return self._opening.headers
 
     async def start(self) -> ResponseHead:
         """Make the exchange's calls up to the first one that brings content."""
-        return await self._calls(self._ex.upstream)
+        return await self._calls(self._opening.call)
 
     async def read(self) -> tuple[bytes, bool]:
         """The next client-shaped bytes (possibly none yet), and whether that was the end."""
-        if self._opening is not None:
+        if self._next is not None:
             # Resumable: an interrupted wait leaves the task running.
-            await asyncio.shield(self._opening)
-            self._opening = None
+            await asyncio.shield(self._next)
+            self._next = None
         assert self._response is not None
         translator = self._ex.translator
         chunk = await self._response.read()
@@ -102,22 +118,23 @@ class Upstream:
                 self._check_size(self._guard, self._count)
             out = translator.feed(chunk)
             return (chunk if out is None else out), False
-        tail = translator.finish()
+        ending = translator.finish()
+        if ending.usage is not None:
+            self.usage = ending.usage
         await self._close(None)
-        call = translator.next_call()
-        if call is None:
-            return tail, True
-        self._opening = asyncio.ensure_future(self._calls(call))
-        return tail, False
+        if ending.then is None:
+            return ending.data, True
+        self._next = asyncio.ensure_future(self._calls(ending.then))
+        return ending.data, False
 
     async def close(self, exc: BaseException | None) -> None:
         """End the exchange: an error closes the connection, a clean end releases it."""
-        if self._opening is not None and not self._opening.done():
-            self._opening.cancel()
+        if self._next is not None and not self._next.done():
+            self._next.cancel()
             with suppress(BaseException):  # its outcome no longer matters
-                await self._opening
-        elif self._opening is not None and not self._opening.cancelled():
-            self._opening.exception()  # retrieved: no "never retrieved" warning
+                await self._next
+        elif self._next is not None and not self._next.cancelled():
+            self._next.exception()  # retrieved: no "never retrieved" warning
         await self._close(exc)
 
     async def _calls(self, call: UpstreamRequest) -> ResponseHead:
@@ -130,11 +147,12 @@ class Upstream:
                 await asyncio.sleep(call.delay)
             if call.guard is not None:
                 check_url(call.url, call.guard, ex.provider)
+            self._outcome.bytes_sent += len(call.body)
             cm = ex.transport.open(call, ex.provider, ex.timeouts)
             response = await cm.__aenter__()
             self._cm, self._response, self._guard, self._count = cm, response, call.guard, 0
-            if self._outcome.headers_after is None:
-                self._outcome.headers_after = loop.time() - self._started
+            if self._outcome.upstream_headers_s is None:
+                self._outcome.upstream_headers_s = loop.time() - self._started
             if call.guard is not None and response.status in _REDIRECTS and hops < _MAX_HOPS:
                 # File hosts redirect to storage; each hop is checked like the first.
                 hops += 1
@@ -154,16 +172,13 @@ class Upstream:
                 return head
             body = await self._collect(response)
             await self._close(None)
-            answered = translator.collected(body)
-            if answered is not None:
+            assert isinstance(translator, MultiCallTranslator), f"{type(translator).__name__} collects no status documents"
+            answer = translator.collected(body)
+            if isinstance(answer, ResponseHead):
                 # The document was the answer: finish() makes its bytes.
                 self._response, self.headers = _ANSWERED, {}
-                return answered
-            next_call = translator.next_call()
-            if next_call is None:
-                raise UpstreamProtocolError(f"provider {ex.provider!r} finished its exchange without an image")
-            call = next_call
-
+                return answer
+            call = answer
     async def _collect(self, response: UpstreamResponse) -> bytes:
         idle = self._ex.timeouts.idle
         try:

@@ -48,7 +48,7 @@ def supervise(worker_args: list[str], workers: int, grace: float) -> int:
     # Imported only now: prometheus-client reads the variable at import time.
     from prometheus_client import multiprocess
 
-    command = [sys.executable, "-m", "proxy", "serve", *worker_args, "--reuse-port"]
+    command = [sys.executable, "-m", "pixelgate", "serve", *worker_args, "--reuse-port"]
     stopping = False
 
     def stop(signum: int, frame: object) -> None:

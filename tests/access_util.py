@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 from multidict import CIMultiDict
 
-from proxy.access.keys import generate_key, hash_key
+from pixelgate.proxy.access.keys import generate_key, hash_key
 
 GENERATIONS = "/v1/images/generations"
 SMALL = {"model": "demo-image", "prompt": "a lighthouse", "size": "16x16"}

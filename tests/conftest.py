@@ -16,9 +16,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from proxy.config import parse_config
-from proxy.demo.server import create_demo_app
-from proxy.server import create_app
+from pixelgate.proxy.config import parse_config
+from pixelgate.proxy.demo.server import create_demo_app
+from pixelgate.proxy.server import create_app
 from tests.procs import free_port
 from tests.redis_server import redis_prefix, redis_url  # noqa: F401  (fixtures)
 

@@ -25,13 +25,13 @@ import msgspec
 import yaml
 from multidict import CIMultiDict
 
-from adapters import REGISTRY
-from adapters.base import UpstreamRequest
-from proxy.config import Timeouts
-from proxy.errors import GatewayError
-from proxy.relay import Exchange, Outcome
-from proxy.schema import decode_request
-from proxy.upstream import Upstream
+from pixelgate.adapters import REGISTRY
+from pixelgate.core.errors import GatewayError
+from pixelgate.core.request import decode_request
+from pixelgate.core.translator import Generation, ProviderSettings, UpstreamRequest
+from pixelgate.proxy.config import Timeouts
+from pixelgate.proxy.exchange import Exchange, Outcome
+from pixelgate.proxy.upstream import Upstream
 
 GOLDEN = Path(__file__).parent / "golden"
 IMAGE = bytes(range(256)) * 97 + b"\x89PNG tail"  # not a multiple of 3: padding is exercised
@@ -138,23 +138,17 @@ async def run_case(path: Path, chunk: int | None) -> tuple[bytes, dict[str, str]
     adapter_cls = REGISTRY[spec["adapter"]]
     provider = spec.get("provider", {})
     options = msgspec.convert(provider.get("options", {}), adapter_cls.Options)
-    adapter = adapter_cls(
-        name="golden",
-        base_url=provider.get("base_url"),
-        api_key=provider.get("api_key", "test-key"),
-        headers=provider.get("headers", {}),
-        options=options,
+    settings = ProviderSettings(
+        "golden", provider.get("base_url"), provider.get("api_key", "test-key"), provider.get("headers", {}), options
     )
-    if hasattr(adapter, "clock"):
-        adapter.clock = lambda: CREATED
+    adapter = adapter_cls(settings, clock=lambda: CREATED)
     body = json.dumps(spec["request"]).encode()
     request = decode_request(body)
     expected_error = spec.get("error")
     try:
-        translator = adapter.translator(request, body, spec.get("upstream_model", "upstream-model"), "req-golden")
+        translator = adapter.generation(Generation(request, body, spec.get("upstream_model", "upstream-model"), "req-golden"))
         transport = RecordedTransport(spec.get("calls", []), chunk)
-        ex = Exchange("golden", translator, translator.request(), transport, Timeouts(), {})  # type: ignore[arg-type]
-        upstream = Upstream(ex, Outcome())
+        upstream = Upstream(Exchange("golden", translator, transport, Timeouts(), {}), Outcome())
         out = bytearray()
         try:
             await upstream.start()
@@ -184,8 +178,8 @@ async def run_case(path: Path, chunk: int | None) -> tuple[bytes, dict[str, str]
     if "events" in client:
         assert _events(bytes(out)) == client["events"]
     for name, value in client.get("headers", {}).items():
-        assert translator.headers.get(name) == value, (name, translator.headers)
+        assert upstream.client_headers.get(name) == value, (name, upstream.client_headers)
     if "usage" in spec:
-        usage = translator.usage()
+        usage = upstream.usage
         assert (msgspec.to_builtins(usage) if usage else None) == spec["usage"]
-    return bytes(out), dict(translator.headers)
+    return bytes(out), dict(upstream.client_headers)

@@ -1,4 +1,4 @@
-"""Real processes for tests that need them: ``python -m proxy`` as users run it."""
+"""Real processes for tests that need them: ``python -m pixelgate`` as users run it."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-import urllib.request
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,9 +37,9 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 15) -> None:
 
 @contextmanager
 def pixelgate(*args: str, env: dict[str, str] | None = None, ready: str | None = None) -> Iterator[subprocess.Popen]:
-    """Run ``python -m proxy ARGS``; stop it with SIGTERM on exit."""
+    """Run ``python -m pixelgate ARGS``; stop it with SIGTERM on exit."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy", *args],
+        [sys.executable, "-m", "pixelgate", *args],
         cwd=ROOT,
         env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL,

@@ -17,10 +17,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-import proxy.access.keys as keys_module
-from proxy.access.keys import AuthFailure, KeyTable, generate_key, hash_key
-from proxy.config import ConfigError, parse_config
-from proxy.server import create_app, runner_options
+import pixelgate.proxy.access.keys as keys_module
+from pixelgate.proxy.access.keys import AuthFailure, KeyTable, generate_key, hash_key
+from pixelgate.proxy.config import ConfigError, parse_config
+from pixelgate.proxy.server import create_app, runner_options
 from tests.access_util import (
     GENERATIONS,
     SMALL,
@@ -515,25 +515,25 @@ def test_body_limit_for_an_unknown_endpoint_is_a_config_error() -> None:
 
 
 def test_cli_keys_hash() -> None:
-    made = subprocess.run([sys.executable, "-m", "proxy", "keys", "hash", "--generate"], cwd=ROOT,
+    made = subprocess.run([sys.executable, "-m", "pixelgate", "keys", "hash", "--generate"], cwd=ROOT,
                           capture_output=True, text=True, timeout=30, check=False)
     assert made.returncode == 0
     key_line, hash_line = made.stdout.splitlines()
     key, stored = key_line.split()[1], hash_line.split()[1]
     assert KeyTable([(stored, "k", False)]).check(key) == "k"
-    rehashed = subprocess.run([sys.executable, "-m", "proxy", "keys", "hash"], cwd=ROOT, input=key + "\n",
+    rehashed = subprocess.run([sys.executable, "-m", "pixelgate", "keys", "hash"], cwd=ROOT, input=key + "\n",
                               capture_output=True, text=True, timeout=30, check=False)
     assert rehashed.returncode == 0 and rehashed.stdout.startswith("sha256$")
     # Salted: the same key hashes differently each time, and both verify.
     assert rehashed.stdout.strip() != stored
     assert KeyTable([(rehashed.stdout.strip(), "k", False)]).check(key) == "k"
-    bad = subprocess.run([sys.executable, "-m", "proxy", "keys", "hash"], cwd=ROOT, input="hunter2\n",
+    bad = subprocess.run([sys.executable, "-m", "pixelgate", "keys", "hash"], cwd=ROOT, input="hunter2\n",
                          capture_output=True, text=True, timeout=30, check=False)
     assert bad.returncode == 2 and "hunter2" not in bad.stderr
 
 
 def test_reset_format_and_budget_periods() -> None:
-    from proxy.access.limits import duration, period_of
+    from pixelgate.proxy.access.limits import duration, period_of
 
     assert [duration(s) for s in (0.0, 0.2501, 1.0, 12.5, 59.9996, 60.0, 61.25)] == [
         "0ms", "251ms", "1s", "12.5s", "1m0s", "1m0s", "1m1.25s"]

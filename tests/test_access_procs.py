@@ -36,7 +36,7 @@ def gateway_process(config: dict[str, Any], tmp_path: Path, name: str) -> Iterat
     path.write_text(yaml.safe_dump({**config, "server": {**config.get("server", {}), "port": port}}))
     log = tmp_path / f"{name}.log"
     with log.open("w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config", str(path)], cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, "-m", "pixelgate", "serve", "--config", str(path)], cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=err, text=True)
         try:
             wait_http(f"http://127.0.0.1:{port}/readyz", proc)

@@ -12,9 +12,9 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from proxy.access.config import Limits, RedisConfig
-from proxy.access.limits import Demand, Refused, Ticket, period_of
-from proxy.access.redis_backend import RedisBackend
+from pixelgate.proxy.access.config import Limits, RedisConfig
+from pixelgate.proxy.access.limits import Demand, Refused, Ticket, period_of
+from pixelgate.proxy.access.redis_backend import RedisBackend
 from tests.access_util import (
     GENERATIONS,
     SMALL,

@@ -9,12 +9,12 @@ import random
 
 import pytest
 
-from adapters.b64 import Base64Encoder
-from adapters.base import Guard
-from adapters.images_out import ImageMeta, ImagesWriter
-from adapters.jsontap import Close, JsonTap, Open
-from proxy.errors import UpstreamProtocolError
-from proxy.guard import check_url, host_allowed
+from pixelgate.adapters.b64 import Base64Encoder
+from pixelgate.adapters.images_out import ImageMeta, ImagesWriter
+from pixelgate.adapters.jsontap import Close, JsonTap, Open
+from pixelgate.core.errors import UpstreamProtocolError
+from pixelgate.core.translator import Guard
+from pixelgate.proxy.guard import check_url, host_allowed
 
 DOC = {
     "candidates": [
@@ -112,7 +112,7 @@ def test_writer_body_with_two_images_parses_as_openai_json() -> None:
 
 
 def test_writer_events_put_type_first_and_usage_on_the_last() -> None:
-    from adapters.openai_wire import Usage
+    from pixelgate.core.usage import Usage
 
     w = ImagesWriter(True, _meta(), usage_last=True)
     raw = w.open() + b"QUFB" + w.close() + w.open() + b"QkJC" + w.close() + w.finish(Usage(input_tokens=3, output_tokens=9))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import WILDCARD, ConfigError, load_config, parse_config, zero_config
+from pixelgate.proxy.config import WILDCARD, ConfigError, load_config, parse_config, zero_config
 
 EXAMPLE = """
 server: {host: 127.0.0.1, port: 8080}

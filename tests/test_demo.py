@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from PIL import Image
 
-from proxy.demo.render import partial_block, render_png
+from pixelgate.proxy.demo.render import partial_block, render_png
 from tests.conftest import single_provider_config, v1
 
 
@@ -47,7 +47,7 @@ def test_partials_are_coarser_and_sharpen() -> None:
     blocks = [partial_block(k, 3) for k in range(3)]
     assert blocks == [64, 32, 16]
     images = [_image(render_png("a fox", 256, 256, block)) for block in blocks]
-    for image, block in zip(images, blocks):
+    for image, block in zip(images, blocks, strict=True):
         assert _uniform_blocks(image, block)
     final = _image(render_png("a fox", 256, 256))
     assert not _uniform_blocks(final, 16)

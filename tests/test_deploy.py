@@ -39,7 +39,7 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy.config import load_config, parse_config
+from pixelgate.proxy.config import load_config, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -363,7 +363,7 @@ def test_dashboard_structure() -> None:
         assert wanted in titles, wanted
     for panel in panels:
         grid = panel["gridPos"]
-        assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24, panel["title"]
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, panel["title"]
         if panel["type"] == "row":
             continue
         assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
@@ -735,7 +735,7 @@ def test_docker_context_keeps_what_the_build_copies_and_nothing_else() -> None:
     rules = _dockerignore_rules()
     copied = [a.split()[:-1] for k, a in _dockerfile_instructions() if k == "COPY" and not a.startswith("--from")]
     sources = [source for group in copied for source in group]
-    assert set(sources) == {"pyproject.toml", "README.md", "proxy", "adapters", "metrics"}
+    assert set(sources) == {"requirements.lock", "pyproject.toml", "README.md", "pixelgate", "core", "proxy", "adapters", "metrics"}
     for source in sources:
         files = [source] if (ROOT / source).is_file() else [
             str(p.relative_to(ROOT)) for p in (ROOT / source).rglob("*.py")]
@@ -774,9 +774,12 @@ def test_image_build_replayed_without_docker(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
         entry_points = next(zf.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt"))
-    assert {"proxy/__init__.py", "proxy/demo/__init__.py", "adapters/__init__.py", "metrics/__init__.py"} <= names
-    assert not any(n.startswith(("tests/", "bench/", "deploy/")) for n in names)
-    assert "pixelgate = proxy.cli:main" in entry_points
+    assert {"pixelgate/__init__.py", "pixelgate/__main__.py", "pixelgate/core/__init__.py", "pixelgate/proxy/__init__.py",
+            "pixelgate/proxy/demo/__init__.py", "pixelgate/proxy/static/index.html", "pixelgate/adapters/__init__.py",
+            "pixelgate/metrics/__init__.py"} <= names
+    # Only the namespace reaches site-packages: no generic top-level names.
+    assert {n.split("/")[0] for n in names if not n.startswith("pixelgate-")} == {"pixelgate"}
+    assert "pixelgate = pixelgate.proxy.cli:main" in entry_points
 
     # Install apart from the source tree; dependencies come from this venv.
     site = tmp_path / "site"
@@ -786,8 +789,11 @@ def test_image_build_replayed_without_docker(tmp_path: Path) -> None:
     workdir.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "PYTHONPATH")}
     env |= {"PYTHONPATH": str(site), "PIXELGATE_CONFIG": str(DEPLOY / "pixelgate.demo.yaml")}
-    where = _run([sys.executable, "-c", "import proxy; print(proxy.__file__)"], cwd=workdir, env=env)
+    where = _run([sys.executable, "-c", "import pixelgate.proxy as p; print(p.__file__)"], cwd=workdir, env=env)
     assert where.stdout.strip().startswith(str(site)), where.stdout + where.stderr
+    for generic in ("proxy", "adapters", "metrics", "core"):
+        found = _run([sys.executable, "-c", f"import importlib.util as u; print(u.find_spec({generic!r}))"], cwd=workdir, env=env)
+        assert found.stdout.strip() == "None", f"{generic}: {found.stdout}{found.stderr}"
 
     port = _free_port()
     instructions = dict(_dockerfile_instructions())

@@ -70,7 +70,7 @@ async def test_500_then_503_then_success_on_next_deployment(scripted) -> None:
 
 
 async def test_429_retry_after_is_honoured_on_the_only_deployment(scripted) -> None:
-    gw, ups = await scripted({"a": [status(429, "slow down", "rate_limit_exceeded", {"Retry-After": "1"}), ok()]})
+    gw, _ups = await scripted({"a": [status(429, "slow down", "rate_limit_exceeded", {"Retry-After": "1"}), ok()]})
     started = time.monotonic()
     code, headers, _ = await post(gw)
     waited = time.monotonic() - started
@@ -115,7 +115,7 @@ async def test_moderation_400_is_returned_at_once_never_retried(scripted) -> Non
 
 
 async def test_hang_before_headers_times_out_and_fails_over(scripted) -> None:
-    gw, ups = await scripted({"a": [hang()], "b": [ok()]}, timeouts={"first_byte": 0.3}, routing={"retries": 0})
+    gw, _ups = await scripted({"a": [hang()], "b": [ok()]}, timeouts={"first_byte": 0.3}, routing={"retries": 0})
     started = time.monotonic()
     code, headers, _ = await post(gw)
     assert code == 200 and headers["x-pixelgate-attempt-log"] == "a=timeout, b=200"
@@ -124,7 +124,7 @@ async def test_hang_before_headers_times_out_and_fails_over(scripted) -> None:
 
 
 async def test_timeout_everywhere_tells_sdks_not_to_retry(scripted) -> None:
-    gw, ups = await scripted({"a": [hang()]}, timeouts={"first_byte": 0.2}, routing={"retries": 0})
+    gw, _ups = await scripted({"a": [hang()]}, timeouts={"first_byte": 0.2}, routing={"retries": 0})
     code, headers, body = await post(gw)
     assert code == 504 and headers["x-should-retry"] == "false"
     assert json.loads(body)["error"]["code"] == "upstream_timeout"
@@ -198,7 +198,7 @@ async def test_wrong_content_type_fails_over(scripted) -> None:
 
 
 async def test_every_deployment_failing_gives_the_most_informative_error(scripted) -> None:
-    gw, ups = await scripted({"a": [status(503, "a is down")], "b": [status(429, "b is busy", headers={"Retry-After": "0"})]},
+    gw, _ups = await scripted({"a": [status(503, "a is down")], "b": [status(429, "b is busy", headers={"Retry-After": "0"})]},
                              dead=("c",), routing={"retries": 0})
     code, headers, body = await post(gw)
     assert code == 429 and json.loads(body)["error"]["message"] == "b is busy"

@@ -16,7 +16,7 @@ async def test_golden(path: Path) -> None:
 
 
 def test_every_adapter_has_golden_cases() -> None:
-    from adapters import REGISTRY
+    from pixelgate.adapters import REGISTRY
 
     covered = {p.parent.name for p in cases()}
     missing = set(REGISTRY) - covered - {"openai", "demo"}  # those two: tests/test_relay.py, tests/test_demo.py

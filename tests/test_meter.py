@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from proxy.meter import BodyMeter, KeyScanner, add_usage, inspect_event
+from pixelgate.proxy.meter import BodyMeter, KeyScanner, add_usage, inspect_event
 
 USAGE = {"input_tokens": 5, "output_tokens": 7, "total_tokens": 12, "input_tokens_details": {"text_tokens": 5, "image_tokens": 0}}
 BODY = (

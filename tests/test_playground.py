@@ -1,6 +1,6 @@
 """The playground page and its browser client, in a real Chromium.
 
-The gateway runs as a subprocess (``python -m proxy serve``, as users run it)
+The gateway runs as a subprocess (``python -m pixelgate serve``, as users run it)
 with the demo provider made slow, so partial images arrive over time, and a
 fake OpenAI-compatible upstream (a plain ``http.server`` on loopback) for
 errors and for watching the upstream connection close. Playwright's sync API
@@ -14,6 +14,7 @@ Only a missing ``/usr/bin/chromium`` or ``node`` skips tests.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -122,10 +123,8 @@ class FakeUpstream:
                     return
                 # "hangs": wait for the gateway to close the connection (EOF or reset).
                 self.connection.settimeout(20)
-                try:
+                with contextlib.suppress(OSError):
                     self.connection.recv(1)
-                except OSError:
-                    pass
                 upstream.closed_at = time.monotonic()
                 upstream.closed.set()
 
@@ -177,7 +176,7 @@ def gateway_url(fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFa
     path.write_text(json.dumps(config))  # JSON is YAML
     log = (tmp / "gateway.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy", "serve", "--config", str(path)],
+        [sys.executable, "-m", "pixelgate", "serve", "--config", str(path)],
         cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL, stderr=log,
     )
     url = f"http://127.0.0.1:{port}"

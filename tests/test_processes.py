@@ -54,7 +54,7 @@ async def test_config_file_via_env_var(tmp_path: Path) -> None:
 def test_config_error_exits_2_naming_the_key(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text("providers:\n  p: {adapter: openai, base_url: http://x, api_key: '${PIXELGATE_TEST_UNSET_KEY}'}\nmodels:\n  m: [{provider: p}]\n")
-    result = subprocess.run([sys.executable, "-m", "proxy", "serve", "--config", str(config)], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    result = subprocess.run([sys.executable, "-m", "pixelgate", "serve", "--config", str(config)], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert "providers.p.api_key: environment variable PIXELGATE_TEST_UNSET_KEY is not set" in result.stderr
 
@@ -62,7 +62,7 @@ def test_config_error_exits_2_naming_the_key(tmp_path: Path) -> None:
 def test_pixelgate_script_matches_python_m_proxy() -> None:
     script = Path(sys.executable).parent / "pixelgate"
     a = subprocess.run([str(script), "serve", "--help"], capture_output=True, text=True, timeout=30)
-    b = subprocess.run([sys.executable, "-m", "proxy", "serve", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    b = subprocess.run([sys.executable, "-m", "pixelgate", "serve", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert a.returncode == b.returncode == 0
     assert a.stdout == b.stdout and "--config" in a.stdout and "--port" in a.stdout
 
@@ -75,7 +75,7 @@ async def test_sigterm_exits_cleanly() -> None:
 
 
 async def test_uvloop_is_the_event_loop(tmp_path: Path) -> None:
-    code = "import asyncio, proxy.loop as l; loop = l.new_event_loop(); print(type(loop).__module__); loop.close()"
+    code = "import asyncio, pixelgate.proxy.loop as l; loop = l.new_event_loop(); print(type(loop).__module__); loop.close()"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert out.stdout.strip().startswith("uvloop")
 

@@ -131,7 +131,7 @@ async def test_real_prometheus_scrapes_the_gateway(tmp_path: Path) -> None:
 
     # Zero-config: whatever the developer's shell has set must not change that.
     env = {k: v for k, v in os.environ.items() if k not in ("PIXELGATE_CONFIG", "OPENAI_BASE_URL", "OPENAI_API_KEY")}
-    gateway_cmd = [sys.executable, "-m", "proxy", "serve", "--host", "127.0.0.1", "--port", str(gw_port)]
+    gateway_cmd = [sys.executable, "-m", "pixelgate", "serve", "--host", "127.0.0.1", "--port", str(gw_port)]
 
     shutil.copy(ALERTS, tmp_path / "alerts.yml")
     (tmp_path / "prometheus.yml").write_text(

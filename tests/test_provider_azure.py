@@ -6,7 +6,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from proxy.config import ConfigError, parse_config
+from pixelgate.proxy.config import ConfigError, parse_config
 from tests.providers.azure import azure_app
 from tests.providers.common import (
     check_completed,
@@ -95,7 +95,7 @@ async def test_refused_key_is_not_the_clients_fault(azure) -> None:
 def test_config_needs_the_resource_endpoint() -> None:
     config = provider_config("azure", "https://res.openai.azure.com")
     del config["providers"]["azure"]["base_url"]
-    with pytest.raises(ConfigError, match="providers.azure.base_url: required"):
+    with pytest.raises(ConfigError, match=r"providers\.azure\.base_url: required"):
         parse_config(config, env={})
     bad = provider_config("azure", "https://res.openai.azure.com", options={"api": "v2"})
     with pytest.raises(ConfigError, match="options"):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from proxy.config import ConfigError, parse_config
+from pixelgate.proxy.config import ConfigError, parse_config
 from tests.providers.common import (
     check_completed,
     gateway_for,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.config import parse_config
-from proxy.server import create_app
+from pixelgate.proxy.config import parse_config
+from pixelgate.proxy.server import create_app
 from tests.providers.bfl import bfl_app
 from tests.providers.common import check_completed, png_size, sdk, stream_events
 from tests.providers.together import together_app
@@ -56,7 +56,7 @@ async def test_failover_streaming(mixed) -> None:
 
 
 async def test_routing_preferences_pick_a_provider(mixed) -> None:
-    gw, together_seen, bfl_seen = mixed
+    gw, together_seen, _bfl_seen = mixed
     async with sdk(gw) as client:
         raw = await client.images.with_raw_response.generate(
             model="flux", prompt="a lighthouse", extra_body={"provider": {"only": ["bfl"]}}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import time
 
@@ -58,7 +59,7 @@ async def test_stream_events_relayed_byte_for_byte(fake_upstream, gateway) -> No
     raw = partial + completed
     # Boundaries everywhere: inside a line, between the two blank-line bytes, one byte at a time.
     cuts = [0, 7, 100, 1_000_000, len(partial) - 1, len(partial), len(partial) + 1, len(raw) - 2, len(raw) - 1, len(raw)]
-    chunks = [raw[a:b] for a, b in zip(cuts, cuts[1:])]
+    chunks = [raw[a:b] for a, b in itertools.pairwise(cuts)]
     up = await fake_upstream(sse_upstream(chunks))
     gw = await gateway(single_provider_config(v1(up)))
     async with aiohttp.ClientSession() as session:

@@ -105,7 +105,7 @@ async def test_error_after_stream_started_raises_in_iterator(async_client: opena
         extra_body={"demo": {"error_after_events": 1, "error_message": "The upstream fell over."}},
     )
     seen = []
-    with pytest.raises(openai.APIError, match="The upstream fell over."):
+    with pytest.raises(openai.APIError, match=r"The upstream fell over\."):
         async for event in stream:
             seen.append(event.type)
     assert seen == ["image_generation.partial_image"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.sse import EventFramer, EventTooLarge, span_views
+from pixelgate.proxy.sse import EventFramer, EventTooLarge, span_views
 
 LF = b'event: image_generation.partial_image\ndata: {"type":"image_generation.partial_image","b64_json":"QUFB"}\n\n: keep-alive\n\nevent: image_generation.completed\ndata: {"b64_json":"QkJC"}\n\n'
 STREAMS = {
@@ -67,7 +67,7 @@ def test_multi_megabyte_data_line_is_not_copied() -> None:
     assert len(events) == 1
     # The spans are views of the chunks as received, not a joined copy.
     assert [buf for buf, _, _ in events[0]] == chunks
-    assert all(a is b for (a, _, _), b in zip(events[0], chunks))
+    assert all(a is b for (a, _, _), b in zip(events[0], chunks, strict=False))
 
 
 def test_max_event_size() -> None:

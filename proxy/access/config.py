@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from proxy.access.keys import KEY_PREFIX, parse_hash
+from pixelgate.proxy.access.keys import KEY_PREFIX, parse_hash
 
 __all__ = ["AccessConfig", "KeyConfig", "Limits", "RedisConfig", "check_access"]
 

@@ -19,11 +19,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 
-from metrics import Metrics
-from proxy.access.config import AccessConfig, Limits
-from proxy.access.cors import CorsPolicy, origin_set
-from proxy.access.keys import AuthFailure, KeyTable, presented_key
-from proxy.access.limits import (
+from pixelgate.core.errors import AuthenticationFailed, LimitsUnavailable, PermissionDenied, QuotaExceeded, RateLimited
+from pixelgate.core.request import ImageGenerationRequest
+from pixelgate.metrics import Metrics
+from pixelgate.proxy.access.config import AccessConfig, Limits
+from pixelgate.proxy.access.cors import CorsPolicy, origin_set
+from pixelgate.proxy.access.keys import AuthFailure, KeyTable, presented_key
+from pixelgate.proxy.access.limits import (
     BackendUnavailable,
     Demand,
     LimitBackend,
@@ -32,15 +34,7 @@ from proxy.access.limits import (
     period_of,
     quota_headers,
 )
-from proxy.access.memory import MemoryBackend
-from proxy.errors import (
-    AuthenticationFailed,
-    LimitsUnavailable,
-    PermissionDenied,
-    QuotaExceeded,
-    RateLimited,
-)
-from proxy.schema import ImageGenerationRequest
+from pixelgate.proxy.access.memory import MemoryBackend
 
 __all__ = ["AccessControl", "Client"]
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, Protocol
 
-from proxy.access.config import Limits
+from pixelgate.proxy.access.config import Limits
 
 __all__ = [
     "WINDOW",

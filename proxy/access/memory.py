@@ -11,7 +11,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from proxy.access.limits import WINDOW, Demand, Quota, Refused, Ticket
+from pixelgate.proxy.access.limits import WINDOW, Demand, Quota, Refused, Ticket
 
 __all__ = ["MemoryBackend"]
 

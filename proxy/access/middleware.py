@@ -18,10 +18,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from metrics import RequestRecord
-from proxy.access_log import log_request
-from proxy.app_keys import ACCESS, CLIENT, METRICS, REQUEST_ID, RESPONSE_HEADERS
-from proxy.errors import GatewayError
+from pixelgate.core.errors import GatewayError
+from pixelgate.core.record import RequestRecord
+from pixelgate.proxy.access_log import log_request
+from pixelgate.proxy.app_keys import ACCESS, CLIENT, METRICS, REQUEST_ID, RESPONSE_HEADERS
 
 __all__ = ["access_middleware", "add_response_headers", "limit_backend", "response_headers"]
 
@@ -96,7 +96,7 @@ async def limit_backend(app: web.Application) -> AsyncIterator[None]:
         )
     if config.backend == "redis":
         # Imported only when used: an in-process deployment needs no Redis client.
-        from proxy.access.redis_backend import RedisBackend
+        from pixelgate.proxy.access.redis_backend import RedisBackend
 
         control.backend = RedisBackend(config.redis)
     await control.backend.start()

@@ -34,16 +34,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from proxy.access.config import RedisConfig
-from proxy.access.limits import (
-    WINDOW,
-    BackendUnavailable,
-    Demand,
-    LimitName,
-    Quota,
-    Refused,
-    Ticket,
-)
+from pixelgate.proxy.access.config import RedisConfig
+from pixelgate.proxy.access.limits import WINDOW, BackendUnavailable, Demand, LimitName, Quota, Refused, Ticket
 
 __all__ = ["RedisBackend"]
 

@@ -26,7 +26,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from proxy.demo.render import encode_png, partial_block, render_png
+from pixelgate.proxy.demo.render import encode_png, partial_block, render_png
 
 __all__ = ["DemoAnswer", "DemoEngine"]
 

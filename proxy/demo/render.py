@@ -48,7 +48,7 @@ def render_png(prompt: str, width: int, height: int, block: int = 1) -> bytes:
     cells = []
     for x in range(0, width, block):
         t = 0.5 + 0.5 * math.sin(2 * math.pi * freq * x / width + phase)
-        cells.append(bytes(int(a + (b - a) * t) for a, b in zip(c1, c2)) * block)
+        cells.append(bytes(int(a + (b - a) * t) for a, b in zip(c1, c2, strict=True)) * block)
     base = b"".join(cells)[: width * 3]
     cx, cy = width * (0.25 + seed[13] / 512), height * (0.25 + seed[14] / 512)
     radius = min(width, height) * (0.12 + seed[15] / 1700)

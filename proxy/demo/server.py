@@ -14,8 +14,8 @@ import asyncio
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
-from proxy.demo.engine import DemoEngine, DemoFault
-from proxy.loop import new_event_loop
+from pixelgate.proxy.demo.engine import DemoEngine, DemoFault
+from pixelgate.proxy.loop import new_event_loop
 
 __all__ = ["create_demo_app"]
 

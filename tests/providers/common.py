@@ -10,9 +10,9 @@ import openai
 from aiohttp.test_utils import TestServer
 from PIL import Image
 
-from proxy.config import parse_config
-from proxy.demo.render import render_png
-from proxy.server import create_app
+from pixelgate.proxy.config import parse_config
+from pixelgate.proxy.demo.render import render_png
+from pixelgate.proxy.server import create_app
 
 PNG = render_png("pixelgate provider test", 64, 64)
 PNG_B64 = base64.b64encode(PNG).decode()

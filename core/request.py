@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from proxy.errors import InvalidRequest
+from pixelgate.core.errors import InvalidRequest
 
 __all__ = ["GATEWAY_ONLY_FIELDS", "ImageGenerationRequest", "ProviderPreferences", "decode_request", "rewrite_body", "with_user"]
 
@@ -38,18 +38,18 @@ Size = Annotated[str, Meta(pattern=r"^(auto|[1-9][0-9]{1,4}x[1-9][0-9]{1,4})$")]
 class ImageGenerationRequest(msgspec.Struct, kw_only=True):
     prompt: Annotated[str, Meta(min_length=1)]
     model: str | UnsetType | None = UNSET
-    n: Annotated[int, Meta(ge=1, le=10)] | None | UnsetType = UNSET
-    size: Size | None | UnsetType = UNSET
-    quality: Literal["auto", "low", "medium", "high", "xhigh", "max", "standard", "hd"] | None | UnsetType = UNSET
-    response_format: Literal["url", "b64_json"] | None | UnsetType = UNSET
-    style: Literal["vivid", "natural"] | None | UnsetType = UNSET
+    n: Annotated[int, Meta(ge=1, le=10)] | UnsetType | None = UNSET
+    size: Size | UnsetType | None = UNSET
+    quality: Literal["auto", "low", "medium", "high", "xhigh", "max", "standard", "hd"] | UnsetType | None = UNSET
+    response_format: Literal["url", "b64_json"] | UnsetType | None = UNSET
+    style: Literal["vivid", "natural"] | UnsetType | None = UNSET
     user: str | UnsetType = UNSET
-    background: Literal["transparent", "opaque", "auto"] | None | UnsetType = UNSET
-    moderation: Literal["low", "auto"] | None | UnsetType = UNSET
-    output_format: Literal["png", "jpeg", "webp"] | None | UnsetType = UNSET
-    output_compression: Annotated[int, Meta(ge=0, le=100)] | None | UnsetType = UNSET
-    stream: bool | None | UnsetType = UNSET
-    partial_images: Annotated[int, Meta(ge=0, le=3)] | None | UnsetType = UNSET
+    background: Literal["transparent", "opaque", "auto"] | UnsetType | None = UNSET
+    moderation: Literal["low", "auto"] | UnsetType | None = UNSET
+    output_format: Literal["png", "jpeg", "webp"] | UnsetType | None = UNSET
+    output_compression: Annotated[int, Meta(ge=0, le=100)] | UnsetType | None = UNSET
+    stream: bool | UnsetType | None = UNSET
+    partial_images: Annotated[int, Meta(ge=0, le=3)] | UnsetType | None = UNSET
     provider: ProviderPreferences | UnsetType = UNSET
 
     @property

@@ -1,0 +1,157 @@
+"""What each provider can honour of an OpenAI request, as data.
+
+Every adapter declares one ``Capabilities`` table (or one per options, where
+its options change what it can do). The unsupported-parameter policy reads
+the table (``Capabilities.problems``), and so does the README's per-provider
+table (``markdown``; a test keeps the README in step). The words a client
+reads when a parameter is refused are in the table too, in ``why``: they name
+the provider's own way to get the same thing, where there is one.
+
+``python -m pixelgate.adapters`` prints the README table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Literal
+
+import msgspec
+
+from pixelgate.adapters.params import aspect_ratio, parse_size
+from pixelgate.core.request import ImageGenerationRequest
+
+__all__ = ["Capabilities", "markdown"]
+
+# The parameters a table speaks for, in the order problems are named by default.
+PARAMS = (
+    "n",
+    "size",
+    "quality",
+    "style",
+    "background",
+    "response_format",
+    "output_format",
+    "output_compression",
+    "moderation",
+)
+
+
+class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
+    # The provider as messages and tables name it.
+    provider: str
+    # Most images per request; None: as many as asked.
+    max_n: int | None = None
+    # The aspect ratios a size must match (within 2 %, or exactly); None: any pixel size.
+    aspect_ratios: tuple[str, ...] | None = None
+    exact_ratios: bool = False
+    # Quality values honoured besides `auto`; None: any value passes through.
+    qualities: tuple[str, ...] | None = ()
+    style: bool = False
+    transparent: bool = False
+    # response_format: url (as the provider's own URLs).
+    urls: bool = False
+    # output_format values it can return; None: any value passes through.
+    formats: tuple[str, ...] | None = ("png",)
+    # Which formats output_compression applies to: all, jpeg only, or none.
+    compression: Literal["any", "jpeg", "none"] = "none"
+    moderation_low: bool = False
+    # native: the provider streams (partial images pass through); emulated:
+    # one completed event per image as its bytes arrive, keep-alives before.
+    streaming: Literal["native", "emulated"] = "emulated"
+    # Per parameter: why it cannot be honoured, in the words of the 400.
+    why: Mapping[str, str] = {}
+    # The order problems are named in: the first is the one a 400 names, and
+    # the dropped-parameters header lists them so (an adapter's own checks
+    # take their place here too; any other parameter comes last).
+    order: tuple[str, ...] = PARAMS
+
+    def problems(self, req: ImageGenerationRequest) -> list[tuple[str, str]]:
+        """``(param, why)`` for each parameter of ``req`` the provider cannot honour.
+
+        Values that ask for nothing in particular (absent, null, ``auto``)
+        never count.
+        """
+        found = [p for p in self.order if p in PARAMS and self._refuses(p, req)]
+        return [(p, self.why.get(p) or self._default_why(p)) for p in found]
+
+    def in_order(self, problems: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Problems from the table and an adapter's own checks, in ``order``."""
+        rank = {param: i for i, param in enumerate(self.order)}
+        return sorted(problems, key=lambda problem: rank.get(problem[0], len(rank)))
+
+    def _refuses(self, param: str, req: ImageGenerationRequest) -> bool:
+        match param:
+            case "n":
+                return self.max_n is not None and isinstance(req.n, int) and req.n > self.max_n
+            case "size":
+                size = parse_size(req.size)
+                if self.aspect_ratios is None or size is None:
+                    return False
+                tolerance = 0.0 if self.exact_ratios else 0.02
+                return aspect_ratio(*size, self.aspect_ratios, tolerance) is None
+            case "quality":
+                return self.qualities is not None and _given(req.quality) and req.quality not in ("auto", *self.qualities)
+            case "style":
+                return not self.style and _given(req.style)
+            case "background":
+                return not self.transparent and req.background == "transparent"
+            case "response_format":
+                return not self.urls and req.response_format == "url"
+            case "output_format":
+                return self.formats is not None and _given(req.output_format) and req.output_format not in self.formats
+            case "output_compression":
+                if not _given(req.output_compression) or self.compression == "any":
+                    return False
+                return self.compression == "none" or req.output_format != "jpeg"
+            case "moderation":
+                return not self.moderation_low and req.moderation == "low"
+        raise AssertionError(param)
+
+    def _default_why(self, param: str) -> str:
+        p = self.provider
+        match param:
+            case "n":
+                return f"{p} makes one image per request" if self.max_n == 1 else f"{p} makes at most {self.max_n} images per call"
+            case "size":
+                return f"{p}'s aspect ratios are {', '.join(self.aspect_ratios or ())}"
+            case "quality":
+                return f"{p} has no quality setting"
+            case "style":
+                return f"{p} has no style setting"
+            case "background":
+                return f"{p} cannot make transparent backgrounds"
+            case "response_format":
+                return f"{p} returns image bytes, not URLs"
+            case "output_format":
+                return f"{p} returns {' or '.join(self.formats or ())}"
+            case "output_compression":
+                return f"{p} compresses jpeg only" if self.compression == "jpeg" else f"{p} has no compression setting"
+        return f"{p} cannot honour `{param}`"
+
+
+def _given(value: object) -> bool:
+    return value is not msgspec.UNSET and value is not None
+
+
+def _cell(values: tuple[str, ...] | None, everything: str = "any (passed through)") -> str:
+    if values is None:
+        return everything
+    return ", ".join(values) if values else "—"
+
+
+def markdown(tables: Iterable[tuple[str, Capabilities]]) -> str:
+    """The README's table: one row per adapter (its default options)."""
+    rows = [
+        "| adapter | n | size | quality | style | transparent | `url` | output_format | compression | moderation `low` | streaming |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    yes = {True: "yes", False: "—"}
+    for name, c in tables:
+        n = "any" if c.max_n is None else f"≤ {c.max_n}"
+        size = "any WxH" if c.aspect_ratios is None else "ratios " + " ".join(c.aspect_ratios)
+        compression = {"any": "yes", "jpeg": "jpeg only", "none": "—"}[c.compression]
+        rows.append(
+            f"| `{name}` | {n} | {size} | {_cell(c.qualities)} | {yes[c.style]} | {yes[c.transparent]} | {yes[c.urls]} "
+            f"| {_cell(c.formats)} | {compression} | {yes[c.moderation_low]} | {c.streaming} |"
+        )
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,5 @@
+"""``python -m pixelgate`` (= the ``pixelgate`` script)."""
+
+from pixelgate.proxy.cli import main
+
+raise SystemExit(main())
