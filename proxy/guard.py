@@ -3,7 +3,7 @@
 A polling URL or a result URL is data from the upstream. Followed blindly it
 would make the gateway an open fetcher (any host, any size, internal
 addresses) and, for polls, hand the provider's key to whoever the URL names.
-The adapter says which hosts its provider uses (``adapters.base.Guard``);
+The adapter says which hosts its provider uses (``pixelgate.core.translator.Guard``);
 the relay enforces it here before connecting, and the size while reading.
 """
 

@@ -9,7 +9,7 @@ a clean exit after EOF returns it to the pool.
 ``DemoTransport`` runs the demo engine in-process for ``demo://`` URLs. Tests
 swap what is behind the seam by pointing providers at real loopback servers.
 
-Transport errors are translated here, at the boundary, into ``proxy.errors``.
+Transport errors are translated here, at the boundary, into ``pixelgate.core.errors``.
 Messages name the provider, never its URL or credentials.
 """
 
