@@ -214,7 +214,7 @@ def _words(answer: _Answer) -> list[str]:
 
 
 class GeminiTranslator(TappedTranslator):
-    __slots__ = ("_usage",)
+    __slots__ = ()
 
     def __init__(self, provider: str, call: UpstreamRequest, writer: ImagesWriter, headers: dict[str, str]) -> None:
         super().__init__(provider, call, writer, _select, headers)
