@@ -59,13 +59,14 @@ from urllib.parse import quote
 import msgspec
 
 from pixelgate.adapters.base import AdapterBase, check_base_url
-from pixelgate.adapters.openai import PASS_THROUGH, OpenAITranslator
-from pixelgate.adapters.openai_wire import openai_error
+from pixelgate.adapters.openai import EDIT_COMPLETED, PASS_THROUGH, OpenAITranslator
+from pixelgate.adapters.openai_wire import edit_call, openai_error
 from pixelgate.adapters.params import Policy
 from pixelgate.adapters.provider_errors import error_message, moderation_blocked, provider_error
 from pixelgate.adapters.tokens import StaticToken, TokenSource
 from pixelgate.core.errors import GatewayError, UpstreamError
-from pixelgate.core.translator import Generation, ProviderSettings
+from pixelgate.core.request import rewrite_body
+from pixelgate.core.translator import Edit, Generation, ProviderSettings, UpstreamRequest
 
 __all__ = ["AzureAdapter", "AzureOptions", "AzureTranslator", "StaticToken", "TokenSource"]
 
@@ -164,26 +165,35 @@ class AzureAdapter(AdapterBase[AzureOptions]):
         assert settings.base_url is not None
         # The clock is unused: Azure's answer carries its own `created`.
         self._openai = _endpoint(settings.base_url) + "/openai"
-        self._headers = {"Content-Type": "application/json", **settings.headers}
+        self._headers = dict(settings.headers)
         self.credentials: TokenSource | None = StaticToken(settings.api_key) if settings.api_key else None
 
-    def _url(self, deployment: str) -> str:
+    def _url(self, deployment: str, operation: str) -> str:
         o = self.options
         if o.api == "v1":
-            url = self._openai + "/v1/images/generations"
+            url = f"{self._openai}/v1/images/{operation}"
             return url if o.v1_api_version is None else f"{url}?api-version={quote(o.v1_api_version, safe='')}"
         return (
-            f"{self._openai}/deployments/{quote(deployment, safe='')}/images/generations"
+            f"{self._openai}/deployments/{quote(deployment, safe='')}/images/{operation}"
             f"?api-version={quote(o.api_version, safe='')}"
         )
 
-    def generation(self, g: Generation) -> AzureTranslator:
+    def _credentials(self, request_id: str) -> dict[str, str]:
         # As the openai adapter sends it (Azure's x-ms-client-request-id wants a GUID).
-        headers = {**self._headers, "X-Client-Request-Id": g.request_id}
+        headers = {**self._headers, "X-Client-Request-Id": request_id}
         if self.credentials is not None:
             credential = self.credentials.token()
             if self.options.auth == "bearer":
                 headers["Authorization"] = f"Bearer {credential}"
             else:
                 headers["api-key"] = credential
-        return AzureTranslator(self.name, self._url(g.upstream_model), headers, g)
+        return headers
+
+    def generation(self, g: Generation) -> AzureTranslator:
+        headers = {"Content-Type": "application/json", **self._credentials(g.request_id)}
+        url = self._url(g.upstream_model, "generations")
+        return AzureTranslator(self.name, UpstreamRequest("POST", url, headers, rewrite_body(g.body, g.upstream_model)), g.request.streaming)
+
+    def edit(self, e: Edit) -> AzureTranslator:
+        call = edit_call(self._url(e.upstream_model, "edits"), self._credentials(e.request_id), e)
+        return AzureTranslator(self.name, call, e.request.streaming, EDIT_COMPLETED)

@@ -17,8 +17,9 @@ import msgspec
 
 from pixelgate.adapters.capabilities import Capabilities
 from pixelgate.adapters.params import Policy, settle
+from pixelgate.core.errors import InvalidRequest
 from pixelgate.core.request import ImageGenerationRequest
-from pixelgate.core.translator import Clock, Generation, ProviderSettings, Translator
+from pixelgate.core.translator import Clock, Edit, Generation, ProviderSettings, Translator
 
 __all__ = ["AdapterBase", "NoOptions", "bearer", "check_base_url"]
 
@@ -89,6 +90,25 @@ class AdapterBase(Generic[OptionsT]):
         policy: Policy = getattr(self.options, "unsupported", "reject")
         return settle(self.name, problems, policy)
 
+    def settle_edit(self, e: Edit, extra: list[tuple[str, str]] | None = None) -> dict[str, str]:
+        """``settle`` for an edit: also the input images, the mask and input_fidelity."""
+        problems = self.table.edit_problems(e.request, len(e.images), e.mask is not None)
+        if extra:
+            problems = self.table.in_order(problems + extra)
+        policy: Policy = getattr(self.options, "unsupported", "reject")
+        return settle(self.name, problems, policy)
+
+    def require_files(self, e: Edit) -> None:
+        """For adapters that send the image bytes: a JSON edit whose images are
+        https URLs or file ids cannot be sent (the gateway fetches no URL for a client)."""
+        if not e.images:
+            raise InvalidRequest(
+                f"Provider {self.name!r} needs the image files themselves: send the edit as multipart/form-data, "
+                "or give each image as a data: URL.",
+                param="images",
+                code="unsupported_parameter",
+            )
+
     @classmethod
     def capabilities_for(cls, options: msgspec.Struct) -> Capabilities:
         """The table for these options (some providers' depend on them)."""
@@ -96,3 +116,11 @@ class AdapterBase(Generic[OptionsT]):
 
     def generation(self, g: Generation) -> Translator:
         raise NotImplementedError
+
+    def edit(self, e: Edit) -> Translator:
+        """Providers that can edit override this; the rest refuse it."""
+        raise InvalidRequest(
+            f"Provider {self.name!r} cannot edit images; route edits for this model to a provider that can.",
+            param="model",
+            code="unsupported_operation",
+        )

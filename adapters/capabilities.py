@@ -18,7 +18,7 @@ from typing import Literal
 import msgspec
 
 from pixelgate.adapters.params import aspect_ratio, parse_size
-from pixelgate.core.request import ImageGenerationRequest
+from pixelgate.core.request import ImageEditRequest, ImageRequest
 
 __all__ = ["Capabilities", "markdown"]
 
@@ -58,6 +58,11 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
     # native: the provider streams (partial images pass through); emulated:
     # one completed event per image as its bytes arrive, keep-alives before.
     streaming: Literal["native", "emulated"] = "emulated"
+    # Edits: whether it can, how many input images, a mask, input_fidelity.
+    edits: bool = False
+    max_edit_images: int = 1
+    mask: bool = False
+    input_fidelity: bool = False
     # Per parameter: why it cannot be honoured, in the words of the 400.
     why: Mapping[str, str] = {}
     # The order problems are named in: the first is the one a 400 names, and
@@ -65,7 +70,23 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
     # take their place here too; any other parameter comes last).
     order: tuple[str, ...] = PARAMS
 
-    def problems(self, req: ImageGenerationRequest) -> list[tuple[str, str]]:
+    def edit_problems(self, req: ImageEditRequest, images: int, mask: bool) -> list[tuple[str, str]]:
+        """``problems`` for an edit, and what is particular to edits: the
+        number of input images, the mask, ``input_fidelity``."""
+        found = self.problems(req)
+        if images > self.max_edit_images:
+            why = self.why.get("image") or (
+                f"{self.provider} edits one image at a time" if self.max_edit_images == 1
+                else f"{self.provider} takes at most {self.max_edit_images} input images"
+            )
+            found.insert(0, ("image", why))
+        if mask and not self.mask:
+            found.append(("mask", self.why.get("mask") or f"{self.provider} takes no mask"))
+        if not self.input_fidelity and req.input_fidelity == "high":
+            found.append(("input_fidelity", self.why.get("input_fidelity") or f"{self.provider} has no input fidelity setting"))
+        return found
+
+    def problems(self, req: ImageRequest) -> list[tuple[str, str]]:
         """``(param, why)`` for each parameter of ``req`` the provider cannot honour.
 
         Values that ask for nothing in particular (absent, null, ``auto``)
@@ -79,7 +100,7 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
         rank = {param: i for i, param in enumerate(self.order)}
         return sorted(problems, key=lambda problem: rank.get(problem[0], len(rank)))
 
-    def _refuses(self, param: str, req: ImageGenerationRequest) -> bool:
+    def _refuses(self, param: str, req: ImageRequest) -> bool:
         match param:
             case "n":
                 return self.max_n is not None and isinstance(req.n, int) and req.n > self.max_n
@@ -92,7 +113,7 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
             case "quality":
                 return self.qualities is not None and _given(req.quality) and req.quality not in ("auto", *self.qualities)
             case "style":
-                return not self.style and _given(req.style)
+                return not self.style and _given(getattr(req, "style", None))
             case "background":
                 return not self.transparent and req.background == "transparent"
             case "response_format":

@@ -14,8 +14,10 @@ import msgspec
 from msgspec import Meta
 
 from pixelgate.adapters.base import AdapterBase
-from pixelgate.adapters.openai import PASS_THROUGH, OpenAITranslator
-from pixelgate.core.translator import Generation, ProviderSettings
+from pixelgate.adapters.openai import EDIT_COMPLETED, PASS_THROUGH, OpenAITranslator
+from pixelgate.adapters.openai_wire import edit_call
+from pixelgate.core.request import rewrite_body
+from pixelgate.core.translator import Edit, Generation, ProviderSettings, UpstreamRequest
 
 __all__ = ["DEMO_URL", "DemoAdapter", "DemoOptions"]
 
@@ -37,14 +39,18 @@ class DemoAdapter(AdapterBase[DemoOptions]):
 
     def setup(self, settings: ProviderSettings) -> None:
         options = self.options
-        self._url = (settings.base_url or DEMO_URL).rstrip("/") + "/images/generations"
+        self._url = (settings.base_url or DEMO_URL).rstrip("/")
         self._headers = {
-            "Content-Type": "application/json",
             **settings.headers,
             "X-Demo-Latency-Ms": f"{options.latency_ms:g}",
             "X-Demo-Interval-Ms": f"{options.interval_ms:g}",
         }
 
     def generation(self, g: Generation) -> OpenAITranslator:
-        headers = {**self._headers, "X-Client-Request-Id": g.request_id}
-        return OpenAITranslator(self.name, self._url, headers, g)
+        headers = {"Content-Type": "application/json", **self._headers, "X-Client-Request-Id": g.request_id}
+        call = UpstreamRequest("POST", self._url + "/images/generations", headers, rewrite_body(g.body, g.upstream_model))
+        return OpenAITranslator(self.name, call, g.request.streaming)
+
+    def edit(self, e: Edit) -> OpenAITranslator:
+        call = edit_call(self._url + "/images/edits", {**self._headers, "X-Client-Request-Id": e.request_id}, e)
+        return OpenAITranslator(self.name, call, e.request.streaming, EDIT_COMPLETED)

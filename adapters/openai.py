@@ -16,13 +16,13 @@ import msgspec
 
 from pixelgate.adapters.base import AdapterBase, NoOptions, bearer
 from pixelgate.adapters.capabilities import Capabilities
-from pixelgate.adapters.openai_wire import forward_headers, openai_error
+from pixelgate.adapters.openai_wire import edit_call, forward_headers, openai_error
 from pixelgate.adapters.provider_errors import json_media
 from pixelgate.core.errors import GatewayError, UpstreamProtocolError
 from pixelgate.core.request import rewrite_body
-from pixelgate.core.translator import DONE, Ending, Generation, Opening, ProviderSettings, ResponseHead, UpstreamRequest
+from pixelgate.core.translator import DONE, Edit, Ending, Generation, Opening, ProviderSettings, ResponseHead, UpstreamRequest
 
-__all__ = ["PASS_THROUGH", "OpenAIAdapter", "OpenAITranslator"]
+__all__ = ["EDIT_COMPLETED", "GENERATION_COMPLETED", "PASS_THROUGH", "OpenAIAdapter", "OpenAITranslator", "images_to_events"]
 
 # A JSON answer to a stream request is re-framed whole; bound what is held.
 _MAX_SYNTH_BODY = 256 * 1024 * 1024
@@ -31,6 +31,10 @@ _MAX_SYNTH_BODY = 256 * 1024 * 1024
 # An OpenAI-compatible upstream judges the parameters itself: nothing is refused here.
 PASS_THROUGH = Capabilities(
     provider="OpenAI",
+    edits=True,
+    max_edit_images=16,
+    mask=True,
+    input_fidelity=True,
     qualities=None,
     style=True,
     transparent=True,
@@ -56,12 +60,18 @@ class OpenAIAdapter(AdapterBase[NoOptions]):
 
     def setup(self, settings: ProviderSettings) -> None:
         assert settings.base_url is not None
-        self._url = settings.base_url.rstrip("/") + "/images/generations"
-        self._headers = {"Content-Type": "application/json", **settings.headers, **bearer(settings.api_key)}
+        self._url = settings.base_url.rstrip("/")
+        self._headers = {**settings.headers, **bearer(settings.api_key)}
 
     def generation(self, g: Generation) -> OpenAITranslator:
-        headers = {**self._headers, "X-Client-Request-Id": g.request_id}
-        return OpenAITranslator(self.name, self._url, headers, g)
+        headers = {"Content-Type": "application/json", **self._headers, "X-Client-Request-Id": g.request_id}
+        body = rewrite_body(g.body, g.upstream_model)
+        call = UpstreamRequest("POST", self._url + "/images/generations", headers, body)
+        return OpenAITranslator(self.name, call, g.request.streaming)
+
+    def edit(self, e: Edit) -> OpenAITranslator:
+        call = edit_call(self._url + "/images/edits", {**self._headers, "X-Client-Request-Id": e.request_id}, e)
+        return OpenAITranslator(self.name, call, e.request.streaming, EDIT_COMPLETED)
 
 
 # msgspec.Raw cannot sit in a union: an empty Raw stands for "absent".
@@ -84,7 +94,11 @@ _images_decoder = msgspec.json.Decoder(_ImagesResponse)
 _encoder = msgspec.json.Encoder()
 
 
-def images_to_events(body: bytes, event_type: str = "image_generation.completed") -> bytes:
+GENERATION_COMPLETED = "image_generation.completed"
+EDIT_COMPLETED = "image_edit.completed"
+
+
+def images_to_events(body: bytes, event_type: str = GENERATION_COMPLETED) -> bytes:
     """Re-emit a JSON ``ImagesResponse`` as one completed SSE event per image.
 
     The base64 strings are carried as ``msgspec.Raw``: never decoded.
@@ -117,17 +131,19 @@ def images_to_events(body: bytes, event_type: str = "image_generation.completed"
 
 
 class OpenAITranslator:
-    __slots__ = ("_buffer", "_g", "_headers", "_provider", "_url")
+    """Relays an OpenAI-shaped answer as it is, or re-frames a JSON answer to a stream request."""
 
-    def __init__(self, provider: str, url: str, headers: dict[str, str], g: Generation) -> None:
+    __slots__ = ("_buffer", "_call", "_event", "_provider", "_streaming")
+
+    def __init__(self, provider: str, call: UpstreamRequest, streaming: bool, completed_event: str = GENERATION_COMPLETED) -> None:
         self._provider = provider
-        self._url = url
-        self._headers = headers
-        self._g = g
+        self._call = call
+        self._streaming = streaming
+        self._event = completed_event
         self._buffer: bytearray | None = None
 
     def request(self) -> Opening:
-        return Opening(UpstreamRequest("POST", self._url, self._headers, rewrite_body(self._g.body, self._g.upstream_model)))
+        return Opening(self._call)
 
     def response(self, status: int, headers: Mapping[str, str]) -> ResponseHead:
         content_type = headers.get("Content-Type", "")
@@ -135,7 +151,7 @@ class OpenAITranslator:
         if content_type.startswith("text/event-stream"):
             return ResponseHead(stream=True, content_type="text/event-stream", headers=forwarded)
         json_media(self._provider, status, headers, expected="JSON or an event stream")
-        if self._g.request.streaming:
+        if self._streaming:
             self._buffer = bytearray()
             return ResponseHead(stream=True, content_type="text/event-stream", headers=forwarded, passthrough=False)
         return ResponseHead(stream=False, content_type=content_type, headers=forwarded)
@@ -153,7 +169,7 @@ class OpenAITranslator:
             # Usage stays in the relayed bytes, where the relay's meter reads it.
             return DONE
         body, self._buffer = bytes(self._buffer), None
-        return Ending(images_to_events(body))
+        return Ending(images_to_events(body, self._event))
 
     def error(self, status: int, headers: Mapping[str, str], body: bytes) -> GatewayError:
         return openai_error(self._provider, status, headers, body)

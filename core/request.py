@@ -10,16 +10,30 @@ later pass through byte-for-byte.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from pixelgate.core.errors import InvalidRequest
 
-__all__ = ["GATEWAY_ONLY_FIELDS", "ImageGenerationRequest", "ProviderPreferences", "decode_request", "rewrite_body", "with_user"]
+__all__ = [
+    "GATEWAY_ONLY_FIELDS",
+    "MAX_EDIT_IMAGES",
+    "ImageEditRequest",
+    "ImageGenerationRequest",
+    "ImageReference",
+    "ImageRequest",
+    "ProviderPreferences",
+    "convert_edit_form",
+    "decode_edit",
+    "decode_request",
+    "rewrite_body",
+    "with_user",
+]
 
 ProviderName = Annotated[str, Meta(min_length=1, max_length=128)]
+_T = TypeVar("_T")
 
 
 class ProviderPreferences(msgspec.Struct, forbid_unknown_fields=True):
@@ -35,14 +49,15 @@ class ProviderPreferences(msgspec.Struct, forbid_unknown_fields=True):
 Size = Annotated[str, Meta(pattern=r"^(auto|[1-9][0-9]{1,4}x[1-9][0-9]{1,4})$")]
 
 
-class ImageGenerationRequest(msgspec.Struct, kw_only=True):
+class ImageRequest(msgspec.Struct, kw_only=True):
+    """What generations and edits share."""
+
     prompt: Annotated[str, Meta(min_length=1)]
     model: str | UnsetType | None = UNSET
     n: Annotated[int, Meta(ge=1, le=10)] | UnsetType | None = UNSET
     size: Size | UnsetType | None = UNSET
     quality: Literal["auto", "low", "medium", "high", "xhigh", "max", "standard", "hd"] | UnsetType | None = UNSET
     response_format: Literal["url", "b64_json"] | UnsetType | None = UNSET
-    style: Literal["vivid", "natural"] | UnsetType | None = UNSET
     user: str | UnsetType = UNSET
     background: Literal["transparent", "opaque", "auto"] | UnsetType | None = UNSET
     moderation: Literal["low", "auto"] | UnsetType | None = UNSET
@@ -61,10 +76,40 @@ class ImageGenerationRequest(msgspec.Struct, kw_only=True):
         return self.n if isinstance(self.n, int) else 1
 
 
+class ImageGenerationRequest(ImageRequest, kw_only=True):
+    """``POST /v1/images/generations``."""
+
+    style: Literal["vivid", "natural"] | UnsetType | None = UNSET
+
+
+# The most input images an edit takes (OpenAI's limit for GPT image models).
+MAX_EDIT_IMAGES = 16
+
+
+class ImageReference(msgspec.Struct, forbid_unknown_fields=True):
+    """An input image of a JSON edit: a URL (``https://`` or ``data:``) or an uploaded file's id."""
+
+    image_url: Annotated[str, Meta(min_length=1)] | None = None
+    file_id: Annotated[str, Meta(min_length=1)] | None = None
+
+
+class ImageEditRequest(ImageRequest, kw_only=True):
+    """``POST /v1/images/edits``: its fields other than the files.
+
+    From a multipart form the files arrive apart (``pixelgate.core.upload``);
+    from a JSON body they are ``images`` and ``mask`` here.
+    """
+
+    input_fidelity: Literal["high", "low"] | UnsetType | None = UNSET
+    images: Annotated[list[ImageReference], Meta(min_length=1, max_length=MAX_EDIT_IMAGES)] | UnsetType = UNSET
+    mask: ImageReference | UnsetType | None = UNSET
+
+
 # Fields that are the gateway's and never reach an upstream.
 GATEWAY_ONLY_FIELDS: frozenset[str] = frozenset({"provider"})
 
 _decoder = msgspec.json.Decoder(ImageGenerationRequest)
+_edit_decoder = msgspec.json.Decoder(ImageEditRequest)
 _raw_map_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _encoder = msgspec.json.Encoder()
 
@@ -90,8 +135,41 @@ def _param_of(message: str) -> tuple[str | None, str]:
 
 def decode_request(body: bytes) -> ImageGenerationRequest:
     """Validate a generations body; raise ``InvalidRequest`` naming the field."""
+    return _decode(_decoder, body)
+
+
+def decode_edit(body: bytes) -> ImageEditRequest:
+    """Validate a JSON edits body (its images are ``images``, as URLs or file ids)."""
+    edit = _decode(_edit_decoder, body)
+    if edit.images is UNSET:
+        raise InvalidRequest(
+            "An edit needs `images` (or, as multipart/form-data, `image` files).",
+            param="images",
+            code="missing_required_parameter",
+        )
+    return edit
+
+
+def convert_edit_form(fields: dict[str, str]) -> ImageEditRequest:
+    """Validate a multipart edit's text fields (``"2"`` is taken for ``n: 2``)."""
+    for name in ("images", "mask"):
+        if name in fields:
+            raise InvalidRequest(
+                f"`{name}` as a form field is for JSON bodies; send files as `image`/`image[]` and `mask` parts.",
+                param=name,
+                code="invalid_value",
+            )
     try:
-        return _decoder.decode(body)
+        return msgspec.convert(fields, ImageEditRequest, strict=False)
+    except msgspec.ValidationError as exc:
+        param, detail = _param_of(str(exc))
+        where = f" in `{param}`" if param else ""
+        raise InvalidRequest(f"Invalid request{where}: {detail}", param=param, code="invalid_value") from None
+
+
+def _decode(decoder: msgspec.json.Decoder[_T], body: bytes) -> _T:
+    try:
+        return decoder.decode(body)
     except msgspec.ValidationError as exc:
         param, detail = _param_of(str(exc))
         where = f" in `{param}`" if param else ""

@@ -25,8 +25,7 @@ bodies over its size, so a provider's answer cannot turn the gateway into an
 open fetcher (or send the provider key elsewhere).
 
 An ``Adapter`` is a configured provider. It names the operations it serves
-(``generation`` today; ``edit`` is the next) and builds one translator per
-request of each.
+(``generation``, ``edit``) and builds one translator per request of each.
 """
 
 from __future__ import annotations
@@ -37,13 +36,15 @@ from typing import ClassVar, Protocol, runtime_checkable
 import msgspec
 
 from pixelgate.core.errors import GatewayError
-from pixelgate.core.request import ImageGenerationRequest
+from pixelgate.core.request import ImageEditRequest, ImageGenerationRequest
+from pixelgate.core.upload import InputImage, StreamedBody
 from pixelgate.core.usage import Usage
 
 __all__ = [
     "DONE",
     "Adapter",
     "Clock",
+    "Edit",
     "Ending",
     "Generation",
     "Guard",
@@ -75,7 +76,8 @@ class UpstreamRequest(msgspec.Struct):
     method: str
     url: str
     headers: dict[str, str]
-    body: bytes
+    # Bytes, or pieces of spooled uploads the transport reads as it sends (edits).
+    body: bytes | StreamedBody
     # Set on calls to URLs taken from a provider's answer (polls, downloads).
     guard: Guard | None = None
     # Seconds to wait before making this call (a polling interval).
@@ -169,6 +171,23 @@ class Generation(msgspec.Struct, frozen=True):
     request_id: str
 
 
+class Edit(msgspec.Struct, frozen=True):
+    """``POST /v1/images/edits``: one request, as an adapter gets it."""
+
+    request: ImageEditRequest
+    # The input images (uploaded files, or JSON image URLs the proxy fetched),
+    # in order, and the mask (it applies to the first image).
+    images: tuple[InputImage, ...]
+    mask: InputImage | None
+    # The client's own text fields in order (multipart), for pass-through
+    # upstreams; unknown fields included.
+    fields: tuple[tuple[str, str], ...]
+    # The client's JSON body, when the edit came as JSON (for pass-through).
+    json_body: bytes | None
+    upstream_model: str
+    request_id: str
+
+
 class Adapter(Protocol):
     """A configured provider: builds one translator per request and operation."""
 
@@ -181,3 +200,8 @@ class Adapter(Protocol):
     def __init__(self, settings: ProviderSettings, clock: Clock = ...) -> None: ...
 
     def generation(self, g: Generation) -> Translator: ...
+
+    def edit(self, e: Edit) -> Translator:
+        """An edit's translator; ``InvalidRequest`` (``unsupported_operation``)
+        if the provider cannot edit."""
+        ...

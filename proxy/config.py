@@ -41,10 +41,13 @@ __all__ = [
 # A models key that serves every model name not configured explicitly.
 WILDCARD = "*"
 # Endpoints that take a request body (server.endpoint_max_body_bytes).
-BODY_ENDPOINTS = ("/v1/images/generations",)
+BODY_ENDPOINTS = ("/v1/images/generations", "/v1/images/edits")
 
 Seconds = Annotated[float, Meta(gt=0)]
 MiB = 1024 * 1024
+# An edit's default body limit: 16 input images at OpenAI's 50 MB each, a mask, the fields.
+# Uploads are spooled to disk as they arrive, so this bounds disk, not memory.
+EDIT_MAX_BODY_BYTES = 16 * 50 * MiB + 51 * MiB
 
 
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -77,8 +80,12 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
     # Most headers in one request.
     max_headers: Annotated[int, Meta(ge=16, le=1024)] = 128
 
+    # Where edits' uploads are spooled while a request lasts (default: the system's temp dir).
+    upload_dir: str | None = None
+
     def body_limit(self, path: str) -> int:
-        return self.endpoint_max_body_bytes.get(path, self.max_body_bytes)
+        default = EDIT_MAX_BODY_BYTES if path == "/v1/images/edits" else self.max_body_bytes
+        return self.endpoint_max_body_bytes.get(path, default)
 
 
 class Timeouts(msgspec.Struct, forbid_unknown_fields=True):

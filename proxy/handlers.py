@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
 from typing import Literal
 
 import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from pixelgate.core.errors import GatewayError, PayloadTooLarge
+from pixelgate.core.errors import GatewayError, InvalidRequest, PayloadTooLarge
 from pixelgate.core.prices import cost_usd
 from pixelgate.core.record import AttemptRecord, RequestRecord
-from pixelgate.core.request import ImageGenerationRequest, decode_request, with_user
-from pixelgate.core.translator import Generation
+from pixelgate.core.request import ImageRequest, convert_edit_form, decode_edit, decode_request, with_user
+from pixelgate.core.translator import Edit, Generation, Translator
 from pixelgate.metrics import Metrics, exposition
 from pixelgate.proxy.access.limits import Ticket, quota_headers
 from pixelgate.proxy.access.middleware import response_headers
@@ -34,17 +36,24 @@ from pixelgate.proxy.app_keys import (
 from pixelgate.proxy.dispatch import Attempt, dispatch, success_headers
 from pixelgate.proxy.exchange import Exchange, Outcome
 from pixelgate.proxy.routing import Route
+from pixelgate.proxy.uploads import Spool, json_images, read_form
 
-__all__ = ["generations", "healthz", "metrics", "models", "providers", "readyz"]
+__all__ = ["edits", "generations", "healthz", "metrics", "models", "providers", "readyz"]
 
-_ENDPOINT = "images.generations"
+_GENERATIONS = "images.generations"
+_EDITS = "images.edits"
 
 
-async def _read_body(request: web.Request) -> bytes:
+def _too_large(request: web.Request) -> PayloadTooLarge:
     server = request.app[CONFIG].server
     limit = server.body_limit(request.path)
     setting = "server.endpoint_max_body_bytes" if limit != server.max_body_bytes else "server.max_body_bytes"
-    too_large = PayloadTooLarge(f"Request body is larger than this gateway's limit of {limit} bytes ({setting}).")
+    return PayloadTooLarge(f"Request body is larger than this gateway's limit of {limit} bytes ({setting}).")
+
+
+async def _read_body(request: web.Request) -> bytes:
+    limit = request.app[CONFIG].server.body_limit(request.path)
+    too_large = _too_large(request)
     if request.content_length is not None and request.content_length > limit:
         raise too_large
     if limit != request.client_max_size:
@@ -57,13 +66,21 @@ async def _read_body(request: web.Request) -> bytes:
 
 
 async def generations(request: web.Request) -> web.StreamResponse:
+    return await _in_flight(request, _serve(request, _GENERATIONS, _admit_generation))
+
+
+async def edits(request: web.Request) -> web.StreamResponse:
+    return await _in_flight(request, _serve(request, _EDITS, _admit_edit))
+
+
+async def _in_flight(request: web.Request, work: Awaitable[web.StreamResponse]) -> web.StreamResponse:
     state = request.app[STATE]
     task = asyncio.current_task()
     assert task is not None
     # Counted in flight so that shutdown can wait for it (see server._drain).
     state.enter(task)
     try:
-        return await _generations(request)
+        return await work
     finally:
         state.leave(task)
 
@@ -112,48 +129,111 @@ class _Observer:
             self.outcome = outcome
 
 
-class _Admitted(msgspec.Struct):
+@dataclass(slots=True)
+class _Admitted:
     """A request that passed every check before the first attempt."""
 
-    request: ImageGenerationRequest
-    body: bytes
+    request: ImageRequest
     # Loop time the body was read: the gateway's own time runs from here.
     body_read_at: float
     routes: list[Route]
     ticket: Ticket | None
+    # The operation: this request's translator for one route's adapter.
+    translator: Callable[[Route], Translator]
 
 
-async def _admit(request: web.Request, record: RequestRecord) -> _Admitted:
-    """Read, decode and check the request, route it, and take its quota.
+# Reads and checks one operation's request; the ExitStack holds what must
+# outlive it until the response is done (an edit's spool).
+Admit = Callable[[web.Request, RequestRecord, ExitStack], Awaitable[_Admitted]]
 
-    Raises the ``GatewayError`` that refuses it; the order is the cheapest
-    refusal first, and the quota last, so a request refused for any other
-    reason takes none.
+
+async def _route_and_admit(request: web.Request, req: ImageRequest) -> tuple[list[Route], Ticket | None]:
+    """Check the model, route it, and take its quota.
+
+    The quota comes last, so a request refused for any other reason takes none.
     """
     app = request.app
     access = app[ACCESS]
     client = request.get(CLIENT)
-    body = await _read_body(request)
-    body_read_at = asyncio.get_running_loop().time()
-    req = decode_request(body)
-    record.stream = req.streaming
     access.check_model(client, req)
     routes = app[ROUTER].routes(req.model, req.provider)
     ticket = await access.admit(client, req)
     if ticket is not None:
         response_headers(request).update(quota_headers(ticket.requests, ticket.images))
-    if client is not None and access.config.set_user:
-        body = with_user(body, client.name)
-        req = msgspec.structs.replace(req, user=client.name)
-    return _Admitted(req, body, body_read_at, routes, ticket)
+    return routes, ticket
+
+
+def _user(request: web.Request) -> str | None:
+    """The gateway key's name, when the config sends it upstream as ``user``."""
+    client = request.get(CLIENT)
+    return client.name if client is not None and request.app[ACCESS].config.set_user else None
+
+
+async def _admit_generation(request: web.Request, record: RequestRecord, stack: ExitStack) -> _Admitted:
+    body = await _read_body(request)
+    body_read_at = asyncio.get_running_loop().time()
+    req = decode_request(body)
+    record.stream = req.streaming
+    routes, ticket = await _route_and_admit(request, req)
+    if (user := _user(request)) is not None:
+        body = with_user(body, user)
+        req = msgspec.structs.replace(req, user=user)
+    rid = record.request_id
+
+    def translator(route: Route) -> Translator:
+        return route.provider.adapter.generation(Generation(req, body, route.upstream_model, rid))
+
+    return _Admitted(req, body_read_at, routes, ticket, translator)
+
+
+async def _admit_edit(request: web.Request, record: RequestRecord, stack: ExitStack) -> _Admitted:
+    server = request.app[CONFIG].server
+    spool = Spool(server.upload_dir)
+    stack.callback(spool.close)
+    json_body: bytes | None = None
+    if request.content_type == "multipart/form-data":
+        limit = server.body_limit(request.path)
+        if request.content_length is not None and request.content_length > limit:
+            raise _too_large(request)
+        form = await read_form(request, spool, limit)
+        fields = form.fields
+        req = convert_edit_form(dict(fields))
+        images, mask = tuple(form.images), form.mask
+    elif request.content_type == "application/json":
+        json_body = await _read_body(request)
+        req = decode_edit(json_body)
+        images, mask = json_images(req, spool)
+        fields = []
+    else:
+        raise InvalidRequest(
+            "An edit is multipart/form-data (image files) or application/json (image URLs); "
+            f"this request is {request.content_type or 'without a Content-Type'}.",
+            code="unsupported_media_type",
+            status=415,
+        )
+    body_read_at = asyncio.get_running_loop().time()
+    record.stream = req.streaming
+    routes, ticket = await _route_and_admit(request, req)
+    if (user := _user(request)) is not None:
+        req = msgspec.structs.replace(req, user=user)
+        fields = [(k, v) for k, v in fields if k != "user"] + [("user", user)]
+        if json_body is not None:
+            json_body = with_user(json_body, user)
+    rid = record.request_id
+    text = tuple(fields)
+
+    def translator(route: Route) -> Translator:
+        edit = Edit(req, images, mask, text, json_body, route.upstream_model, rid)
+        return route.provider.adapter.edit(edit)
+
+    return _Admitted(req, body_read_at, routes, ticket, translator)
 
 
 def _exchanges(admitted: _Admitted, request_id: str) -> Callable[[Route, list[Attempt], float], Exchange]:
     """How dispatch builds each attempt of this request."""
 
     def exchange(route: Route, attempts: list[Attempt], seconds_left: float) -> Exchange:
-        g = Generation(admitted.request, admitted.body, route.upstream_model, request_id)
-        translator = route.provider.adapter.generation(g)
+        translator = admitted.translator(route)
         timeouts = route.provider.timeouts
         if seconds_left < max(timeouts.total, timeouts.first_byte):
             # The request's deadline bounds every attempt.
@@ -171,38 +251,39 @@ def _exchanges(admitted: _Admitted, request_id: str) -> Callable[[Route, list[At
     return exchange
 
 
-async def _generations(request: web.Request) -> web.StreamResponse:
+async def _serve(request: web.Request, endpoint: str, admit: Admit) -> web.StreamResponse:
     app = request.app
     metrics = app[METRICS]
     loop = asyncio.get_running_loop()
     started = loop.time()
     client = request.get(CLIENT)
-    record = RequestRecord(request_id=request[REQUEST_ID], endpoint=_ENDPOINT, stream=False)
+    record = RequestRecord(request_id=request[REQUEST_ID], endpoint=endpoint, stream=False)
     record.key = client.name if client is not None else None
     observer = _Observer(metrics, record)
     admitted: _Admitted | None = None
-    try:
-        admitted = await _admit(request, record)
-        response, _, outcome = await dispatch(
-            request, admitted.routes, _exchanges(admitted, record.request_id), app[RELAY_SETTINGS], app[CONFIG].routing, observer
-        )
-        record.status, record.error_type = outcome.status, outcome.error_type
-        return response
-    except GatewayError as err:
-        record.status, record.error_type = err.status, err.error_type
-        # Counted against the provider whose error the client gets.
-        record.provider = err.headers.get("x-pixelgate-provider", record.provider)
-        raise
-    except asyncio.CancelledError:
-        record.status, record.error_type = 499, "client_disconnect"
-        raise
-    finally:
-        _finish(record, observer.outcome, started, loop.time(), admitted.body_read_at if admitted else None, metrics)
-        if admitted is not None and admitted.ticket is not None:
-            # Images actually returned, the stream slot, the cost: after the last byte.
-            await app[ACCESS].settle(admitted.ticket, record.images, record.cost_usd)
-        prompt = admitted.request.prompt if admitted is not None and app[CONFIG].server.log_prompts else None
-        log_request(record, prompt)
+    with ExitStack() as stack:
+        try:
+            admitted = await admit(request, record, stack)
+            response, _, outcome = await dispatch(
+                request, admitted.routes, _exchanges(admitted, record.request_id), app[RELAY_SETTINGS], app[CONFIG].routing, observer
+            )
+            record.status, record.error_type = outcome.status, outcome.error_type
+            return response
+        except GatewayError as err:
+            record.status, record.error_type = err.status, err.error_type
+            # Counted against the provider whose error the client gets.
+            record.provider = err.headers.get("x-pixelgate-provider", record.provider)
+            raise
+        except asyncio.CancelledError:
+            record.status, record.error_type = 499, "client_disconnect"
+            raise
+        finally:
+            _finish(record, observer.outcome, started, loop.time(), admitted.body_read_at if admitted else None, metrics)
+            if admitted is not None and admitted.ticket is not None:
+                # Images actually returned, the stream slot, the cost: after the last byte.
+                await app[ACCESS].settle(admitted.ticket, record.images, record.cost_usd)
+            prompt = admitted.request.prompt if admitted is not None and app[CONFIG].server.log_prompts else None
+            log_request(record, prompt)
 
 
 def _finish(

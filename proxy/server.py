@@ -65,7 +65,7 @@ def _error_response(err: GatewayError) -> web.Response:
 
 def _from_http_exception(exc: web.HTTPException) -> GatewayError:
     if exc.status == 404:
-        return InvalidRequest("Unknown endpoint. This gateway serves POST /v1/images/generations.", code="unknown_url", status=404)
+        return InvalidRequest("Unknown endpoint. This gateway serves POST /v1/images/generations and POST /v1/images/edits.", code="unknown_url", status=404)
     if exc.status == 405:
         return InvalidRequest("Method not allowed for this endpoint.", code="method_not_allowed", status=405)
     return InvalidRequest(exc.reason, status=exc.status)
@@ -173,6 +173,7 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
     app.on_response_prepare.append(add_response_headers)
     app.on_shutdown.append(_drain)
     app.router.add_post("/v1/images/generations", handlers.generations)
+    app.router.add_post("/v1/images/edits", handlers.edits)
     app.router.add_get("/v1/models", handlers.models)
     app.router.add_get("/v1/providers", handlers.providers)
     app.router.add_get("/healthz", handlers.healthz)

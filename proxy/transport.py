@@ -26,6 +26,8 @@ from yarl import URL
 
 from pixelgate.core.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnreachable
 from pixelgate.core.translator import UpstreamRequest
+from pixelgate.core.upload import StreamedBody
+from pixelgate.proxy.bodies import chunks, read_all
 from pixelgate.proxy.config import Timeouts
 from pixelgate.proxy.demo.engine import DemoEngine, DemoFault
 
@@ -139,12 +141,18 @@ class _HttpExchange:
     async def __aenter__(self) -> UpstreamResponse:
         provider, timeouts = self._provider, self._timeouts
         try:
+            request = self._request
+            headers, body = request.headers, request.body
+            data: bytes | AsyncIterator[bytes] = body if isinstance(body, bytes) else chunks(body)
+            if isinstance(body, StreamedBody):
+                # Sent as it is read from the spool; the length is known, so no chunked framing.
+                headers = {**headers, "Content-Length": str(body.length)}
             async with asyncio.timeout(timeouts.first_byte):
                 self._response = await self._session.request(
-                    self._request.method,
+                    request.method,
                     self._url,
-                    headers=self._request.headers,
-                    data=self._request.body,
+                    headers=headers,
+                    data=data,
                     timeout=self._client_timeout,
                     allow_redirects=False,
                 )
@@ -192,7 +200,7 @@ class DemoTransport:
     async def open(self, request: UpstreamRequest, provider: str, timeouts: Timeouts) -> AsyncIterator[UpstreamResponse]:
         try:
             async with asyncio.timeout(timeouts.first_byte):
-                answer = await self._engine.answer(request.body, request.headers)
+                answer = await self._engine.answer(await read_all(request.body), request.headers)
         except TimeoutError:
             raise _first_byte_timeout(provider, timeouts) from None
         try:

@@ -30,6 +30,7 @@ from yarl import URL
 
 from pixelgate.core.errors import UpstreamProtocolError, UpstreamTimeout
 from pixelgate.core.translator import Guard, MultiCallTranslator, ResponseHead, UpstreamRequest
+from pixelgate.core.upload import body_length
 from pixelgate.core.usage import Usage
 from pixelgate.proxy.exchange import Exchange, Outcome
 from pixelgate.proxy.guard import check_url
@@ -147,7 +148,7 @@ class Upstream:
                 await asyncio.sleep(call.delay)
             if call.guard is not None:
                 check_url(call.url, call.guard, ex.provider)
-            self._outcome.bytes_sent += len(call.body)
+            self._outcome.bytes_sent += body_length(call.body)
             cm = ex.transport.open(call, ex.provider, ex.timeouts)
             response = await cm.__aenter__()
             self._cm, self._response, self._guard, self._count = cm, response, call.guard, 0

@@ -10,12 +10,20 @@ client bytes must not depend on where the chunks break.
 
 Placeholders in strings: ``$B64`` is the base64 of ``IMAGE`` and ``$IMAGE``
 (as a whole ``body``) is ``IMAGE`` itself, for providers that answer with files.
+
+Edits (``operation: edit``): ``files`` lists the input images, each a real
+PNG/JPEG/WebP made here (``{field: image|mask, format: png, width: W, height: H}``);
+``json: true`` sends the edit as a JSON body whose images are those files as
+``data:`` URLs. ``$FILE0``... stand for a file's bytes (a multipart part, decoded
+as latin-1) and ``$FILE0_B64`` for its base64.
 """
 
 from __future__ import annotations
 
 import base64
+import io
 import json
+import tempfile
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,8 +35,11 @@ from multidict import CIMultiDict
 
 from pixelgate.adapters import REGISTRY
 from pixelgate.core.errors import GatewayError
-from pixelgate.core.request import decode_request
-from pixelgate.core.translator import Generation, ProviderSettings, UpstreamRequest
+from pixelgate.core.image_headers import read_head
+from pixelgate.core.request import ImageEditRequest, convert_edit_form, decode_edit, decode_request
+from pixelgate.core.translator import Edit, Generation, ProviderSettings, UpstreamRequest
+from pixelgate.core.upload import InputImage, StreamedBody
+from pixelgate.proxy.bodies import read_all
 from pixelgate.proxy.config import Timeouts
 from pixelgate.proxy.exchange import Exchange, Outcome
 from pixelgate.proxy.upstream import Upstream
@@ -44,13 +55,26 @@ def cases() -> list[Path]:
     return sorted(GOLDEN.glob("*/*.yaml"))
 
 
-def _fill(node: Any) -> Any:
+def edit_image(index: int, fmt: str, width: int, height: int) -> bytes:
+    """A real image, different per index (the input of an edit case)."""
+    from PIL import Image
+
+    out = io.BytesIO()
+    mode = "RGBA" if fmt == "png" else "RGB"
+    Image.new(mode, (width, height), (40 * index % 256, 90, 160, 255)[: len(mode)]).save(out, fmt.upper())
+    return out.getvalue()
+
+
+def _fill(node: Any, files: list[bytes] = ()) -> Any:  # type: ignore[assignment]
     if isinstance(node, str):
+        for i in reversed(range(len(files))):
+            node = node.replace(f"$FILE{i}_B64", base64.b64encode(files[i]).decode())
+            node = node.replace(f"$FILE{i}", files[i].decode("latin-1"))
         return node.replace("$B64", B64)
     if isinstance(node, dict):
-        return {k: _fill(v) for k, v in node.items()}
+        return {k: _fill(v, files) for k, v in node.items()}
     if isinstance(node, list):
-        return [_fill(v) for v in node]
+        return [_fill(v, files) for v in node]
     return node
 
 
@@ -70,8 +94,19 @@ def _multipart_fields(request: UpstreamRequest) -> dict[str, str]:
     from email.policy import HTTP
 
     content_type = request.headers.get("Content-Type", "")
+    assert isinstance(request.body, bytes)
     msg = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + request.body)
-    return {part.get_param("name", header="content-disposition"): part.get_content() for part in msg.iter_parts()}
+    fields: dict[str, str] = {}
+    for part in msg.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        content = part.get_content()
+        value = content.decode("latin-1") if isinstance(content, bytes) else content
+        # Repeated names (image[]) become name, name#1, name#2, ...
+        key, n = name, 1
+        while key in fields:
+            key, n = f"{name}#{n}", n + 1
+        fields[key] = value
+    return fields
 
 
 def check_call(expect: Mapping[str, Any], request: UpstreamRequest) -> None:
@@ -105,6 +140,11 @@ class RecordedTransport:
     @asynccontextmanager
     async def open(self, request: UpstreamRequest, provider: str, timeouts: Timeouts) -> AsyncIterator[_Response]:
         assert self._calls, f"unexpected extra call to {request.url}"
+        if isinstance(request.body, StreamedBody):
+            # What the transport would send, read from the spooled files.
+            data = await read_all(request.body)
+            assert len(data) == request.body.length, "a streamed body's declared length must be its length"
+            request = msgspec.structs.replace(request, body=data)
         call = self._calls.pop(0)
         self.made += 1
         check_call(call.get("expect", {}), request)
@@ -133,8 +173,33 @@ def _events(data: bytes) -> list[dict[str, Any]]:
     return out
 
 
-async def run_case(path: Path, chunk: int | None) -> tuple[bytes, dict[str, str]]:
-    spec = _fill(yaml.safe_load(path.read_text()))
+def _edit(spec: dict[str, Any], files: list[bytes], spool: Path) -> tuple[ImageEditRequest, tuple[InputImage, ...], InputImage | None, tuple[tuple[str, str], ...], bytes | None]:
+    images: list[InputImage] = []
+    mask = None
+    for i, (entry, data) in enumerate(zip(spec.get("files", []), files, strict=True)):
+        path = spool / f"{i:02d}"
+        path.write_bytes(data)
+        head = read_head(data, complete=True)
+        image = InputImage(str(path), len(data), head.format, head.width, head.height, entry.get("filename", f"in{i}.{head.format}"), alpha=head.alpha)
+        if entry["field"] == "mask":
+            mask = image
+        else:
+            images.append(image)
+    text = {k: v if isinstance(v, str) else json.dumps(v) for k, v in spec["request"].items()}
+    if spec.get("json"):
+        refs = [{"image_url": f"data:{i.media_type};base64," + base64.b64encode(Path(i.path).read_bytes()).decode()} for i in images]
+        doc = {**spec["request"], "images": refs}
+        if mask is not None:
+            doc["mask"] = {"image_url": "data:image/png;base64," + base64.b64encode(Path(mask.path).read_bytes()).decode()}
+        body = json.dumps(doc).encode()
+        return decode_edit(body), tuple(images), mask, (), body
+    return convert_edit_form(text), tuple(images), mask, tuple(text.items()), None
+
+
+async def run_case(path: Path, chunk: int | None, tmp: Path | None = None) -> tuple[bytes, dict[str, str]]:
+    raw = yaml.safe_load(path.read_text())
+    files = [edit_image(i, f.get("format", "png"), f.get("width", 64), f.get("height", 64)) for i, f in enumerate(raw.get("files", []))]
+    spec = _fill(raw, files)
     adapter_cls = REGISTRY[spec["adapter"]]
     provider = spec.get("provider", {})
     options = msgspec.convert(provider.get("options", {}), adapter_cls.Options)
@@ -142,11 +207,16 @@ async def run_case(path: Path, chunk: int | None) -> tuple[bytes, dict[str, str]
         "golden", provider.get("base_url"), provider.get("api_key", "test-key"), provider.get("headers", {}), options
     )
     adapter = adapter_cls(settings, clock=lambda: CREATED)
-    body = json.dumps(spec["request"]).encode()
-    request = decode_request(body)
+    upstream_model = spec.get("upstream_model", "upstream-model")
     expected_error = spec.get("error")
     try:
-        translator = adapter.generation(Generation(request, body, spec.get("upstream_model", "upstream-model"), "req-golden"))
+        if spec.get("operation", "generation") == "edit":
+            spool = Path(tempfile.mkdtemp(prefix="golden-", dir=tmp))
+            req, images, mask, fields, json_body = _edit(spec, files, spool)
+            translator = adapter.edit(Edit(req, images, mask, fields, json_body, upstream_model, "req-golden"))
+        else:
+            body = json.dumps(spec["request"]).encode()
+            translator = adapter.generation(Generation(decode_request(body), body, upstream_model, "req-golden"))
         transport = RecordedTransport(spec.get("calls", []), chunk)
         upstream = Upstream(Exchange("golden", translator, transport, Timeouts(), {}), Outcome())
         out = bytearray()

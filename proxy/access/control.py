@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 
 from pixelgate.core.errors import AuthenticationFailed, LimitsUnavailable, PermissionDenied, QuotaExceeded, RateLimited
-from pixelgate.core.request import ImageGenerationRequest
+from pixelgate.core.request import ImageRequest
 from pixelgate.metrics import Metrics
 from pixelgate.proxy.access.config import AccessConfig, Limits
 from pixelgate.proxy.access.cors import CorsPolicy, origin_set
@@ -117,13 +117,13 @@ class AccessControl:
         self._metrics.auth_failure("origin_not_allowed")
         return PermissionDenied("This API key may not be used from this origin.", code="origin_not_allowed")
 
-    def check_model(self, client: Client | None, req: ImageGenerationRequest) -> None:
+    def check_model(self, client: Client | None, req: ImageRequest) -> None:
         if client is None or not isinstance(req.model, str) or client.may_use(req.model):
             return
         self._metrics.auth_failure("model_not_allowed")
         raise PermissionDenied(f"This API key may not use the model `{req.model}`.", param="model")
 
-    async def admit(self, client: Client | None, req: ImageGenerationRequest) -> Ticket | None:
+    async def admit(self, client: Client | None, req: ImageRequest) -> Ticket | None:
         """Take the request's share of its key's limits; None when none apply.
         Raises RateLimited / QuotaExceeded (429) or LimitsUnavailable (503)."""
         if client is None or not client.limits.enforced:
