@@ -204,6 +204,9 @@ async def _admit_edit(request: web.Request, record: RequestRecord, stack: ExitSt
         req = decode_edit(json_body)
         images, mask = json_images(req, spool)
         fields = []
+    elif request.content_type == "application/x-www-form-urlencoded":
+        # A form without files (what clients send when no file was attached).
+        raise InvalidRequest("An edit needs at least one `image` file.", param="image", code="missing_required_parameter")
     else:
         raise InvalidRequest(
             "An edit is multipart/form-data (image files) or application/json (image URLs); "
