@@ -21,6 +21,8 @@ class RequestRecord:
     request_id: str
     endpoint: str
     stream: bool
+    # "generation" or "edit" (a bounded label).
+    operation: str = "generation"
     status: int = 500
     provider: str | None = None
     model: str | None = None

@@ -4,7 +4,8 @@ Metrics are built against a registry the application injects, so each app (and
 each test) owns its own; with several workers, prometheus-client's multiprocess
 mode sums them (``metrics.multiprocess``). Labels are bounded: ``provider`` and
 ``model`` take configured names only (anything else folds into ``other``),
-``status`` is an HTTP status, ``error_type`` comes from ``ERROR_TYPES``, the
+``status`` is an HTTP status, ``operation`` is generation or edit,
+``error_type`` comes from ``ERROR_TYPES``, the
 rest from fixed sets. Never a prompt, a user, a key or a request id.
 
 Observations happen after the bytes have moved (``observe_request`` at the
@@ -55,6 +56,9 @@ ERROR_TYPES = frozenset(
 AUTH_FAILURES = frozenset({"missing", "malformed", "invalid", "revoked", "model_not_allowed", "origin_not_allowed"})
 # Which per-key limit refused it (pixelgate_limit_rejections_total).
 LIMITS = frozenset({"requests_per_minute", "images_per_minute", "concurrent_streams", "budget"})
+
+# What a request did (pixelgate_images, _tokens, _cost_usd).
+OPERATIONS = frozenset({"generation", "edit"})
 
 # Circuit breaker states as gauge values.
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
@@ -119,16 +123,18 @@ class Metrics:
             ["direction"],
             OVERHEAD_BUCKETS,
         )
+        # Usage by operation (generation, edit): an edit's input images are input image tokens.
+        pmo = [*pm, "operation"]
         self.tokens = counter(
-            "pixelgate_tokens", "Tokens reported by upstreams, by direction (input, output) and modality (text, image).",
-            [*pm, "direction", "modality"],
+            "pixelgate_tokens", "Tokens reported by upstreams, by operation, direction (input, output) and modality (text, image).",
+            [*pmo, "direction", "modality"],
         )
-        self.images = counter("pixelgate_images", "Images returned to clients; kind is final or partial.", [*pm, "kind"])
+        self.images = counter("pixelgate_images", "Images returned to clients; kind is final or partial.", [*pmo, "kind"])
         self.bytes = counter(
             "pixelgate_bytes", "Bytes relayed: request = sent upstream (all attempts), response = sent to the client.",
             [*pm, "direction"],
         )
-        self.cost = counter("pixelgate_cost_usd", "Cost in USD from the configured price table.", pm)
+        self.cost = counter("pixelgate_cost_usd", "Cost in USD from the configured price table, by operation.", pmo)
         self.priced = Gauge(
             "pixelgate_model_priced", "1 if the model has a price in the config, 0 if its cost is not counted.",
             ["model"], registry=registry, multiprocess_mode="max",
@@ -220,6 +226,7 @@ class Metrics:
 
     def observe_request(self, r: RequestRecord) -> None:
         p, m, s = self.provider_label(r.provider), self.model_label(r.model), "true" if r.stream else "false"
+        o = r.operation if r.operation in OPERATIONS else OTHER
         self._child(self.requests, p, m, r.endpoint, s, str(r.status)).inc()
         self._child(self.duration, p, m, r.endpoint, s).observe(r.duration_s)
         if r.first_partial_s is not None:
@@ -231,9 +238,9 @@ class Metrics:
         if r.overhead_response_s is not None:
             self._child(self.overhead, "response").observe(r.overhead_response_s)
         if r.images:
-            self._child(self.images, p, m, "final").inc(r.images)
+            self._child(self.images, p, m, o, "final").inc(r.images)
         if r.partials:
-            self._child(self.images, p, m, "partial").inc(r.partials)
+            self._child(self.images, p, m, o, "partial").inc(r.partials)
         if r.bytes_out:
             self._child(self.bytes, p, m, "response").inc(r.bytes_out)
         if r.keepalives:
@@ -241,8 +248,8 @@ class Metrics:
         if r.usage is not None:
             for (direction, modality), n in token_counts(r.usage).items():
                 if n:
-                    self._child(self.tokens, p, m, direction, modality).inc(n)
+                    self._child(self.tokens, p, m, o, direction, modality).inc(n)
         if r.cost_usd:
-            self._child(self.cost, p, m).inc(r.cost_usd)
+            self._child(self.cost, p, m, o).inc(r.cost_usd)
         if r.error_type is not None:
             self._child(self.errors, p, m, r.error_type if r.error_type in ERROR_TYPES else "internal").inc()

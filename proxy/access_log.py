@@ -27,6 +27,7 @@ class _Line(msgspec.Struct, omit_defaults=True):
     ts: float
     request_id: str
     endpoint: str
+    operation: str
     status: int
     stream: bool
     duration_ms: float
@@ -64,6 +65,7 @@ def log_request(r: RequestRecord, prompt: str | None = None) -> None:
         ts=round(time.time(), 3),
         request_id=r.request_id,
         endpoint=r.endpoint,
+        operation=r.operation,
         status=r.status,
         stream=r.stream,
         duration_ms=round(r.duration_s * 1000, 3),

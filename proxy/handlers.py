@@ -66,11 +66,11 @@ async def _read_body(request: web.Request) -> bytes:
 
 
 async def generations(request: web.Request) -> web.StreamResponse:
-    return await _in_flight(request, _serve(request, _GENERATIONS, _admit_generation))
+    return await _in_flight(request, _serve(request, _GENERATIONS, "generation", _admit_generation))
 
 
 async def edits(request: web.Request) -> web.StreamResponse:
-    return await _in_flight(request, _serve(request, _EDITS, _admit_edit))
+    return await _in_flight(request, _serve(request, _EDITS, "edit", _admit_edit))
 
 
 async def _in_flight(request: web.Request, work: Awaitable[web.StreamResponse]) -> web.StreamResponse:
@@ -254,13 +254,13 @@ def _exchanges(admitted: _Admitted, request_id: str) -> Callable[[Route, list[At
     return exchange
 
 
-async def _serve(request: web.Request, endpoint: str, admit: Admit) -> web.StreamResponse:
+async def _serve(request: web.Request, endpoint: str, operation: str, admit: Admit) -> web.StreamResponse:
     app = request.app
     metrics = app[METRICS]
     loop = asyncio.get_running_loop()
     started = loop.time()
     client = request.get(CLIENT)
-    record = RequestRecord(request_id=request[REQUEST_ID], endpoint=endpoint, stream=False)
+    record = RequestRecord(request_id=request[REQUEST_ID], endpoint=endpoint, stream=False, operation=operation)
     record.key = client.name if client is not None else None
     observer = _Observer(metrics, record)
     admitted: _Admitted | None = None

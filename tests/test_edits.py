@@ -27,6 +27,7 @@ from PIL import Image
 
 from tests.conftest import GatewayFactory, single_provider_config, v1
 
+
 def _image(fmt: str, size: tuple[int, int], color: tuple[int, ...] = (200, 30, 30, 255)) -> bytes:
     out = io.BytesIO()
     mode = "RGBA" if fmt == "PNG" else "RGB"
@@ -282,3 +283,24 @@ async def test_an_adapter_that_cannot_edit_refuses_before_calling(aiohttp_server
         pytest.skip("imagen edits: covered by its own tests")
     assert status == 400 and body["error"]["code"] in ("unsupported_operation", "unsupported_parameter")
     assert hits == []
+
+
+async def test_edit_usage_and_cost_count_input_image_tokens_at_the_image_price(aiohttp_server: Any, gateway: GatewayFactory) -> None:
+    upstream = Upstream()
+    up = await _upstream(aiohttp_server, upstream)
+    config = single_provider_config(v1(up))
+    config["prices"] = {"gpt-image-1.5": {"input_text": 5, "input_image": 10, "output_image": 40}}
+    gw = await gateway(config)
+    async with _client(gw) as client:
+        stream = await client.images.edit(model="gpt-image-1.5", image=("a.png", _image("PNG", (8, 8)), "image/png"),
+                                          prompt="p", stream=True)
+        assert [e.type async for e in stream][-1] == "image_edit.completed"
+    async with aiohttp.ClientSession() as session, session.get(gw.make_url("/metrics")) as resp:
+        text = await resp.text()
+    labels = 'model="gpt-image-1.5",operation="edit",provider="up"'
+    assert f'pixelgate_tokens_total{{direction="input",modality="image",{labels}}} 40.0' in text
+    assert f'pixelgate_tokens_total{{direction="input",modality="text",{labels}}} 10.0' in text
+    assert f'pixelgate_images_total{{kind="partial",{labels}}} 2.0' in text
+    # 10 text x 5 + 40 image x 10 + 100 output x 40, per million: image tokens at the image price.
+    assert f"pixelgate_cost_usd_total{{{labels}}} {(10 * 5 + 40 * 10 + 100 * 40) / 1e6}" in text
+    assert 'pixelgate_requests_total{endpoint="images.edits"' in text

@@ -71,8 +71,8 @@ async def test_stream_events_relayed_byte_for_byte(fake_upstream, gateway) -> No
             events = await _read_events(resp)
     assert events == [partial, completed]
     metrics = await _metrics(gw)
-    assert 'pixelgate_images_total{kind="partial",model="gpt-image-1.5",provider="up"} 1.0' in metrics
-    assert 'pixelgate_images_total{kind="final",model="gpt-image-1.5",provider="up"} 1.0' in metrics
+    assert 'pixelgate_images_total{kind="partial",model="gpt-image-1.5",operation="generation",provider="up"} 1.0' in metrics
+    assert 'pixelgate_images_total{kind="final",model="gpt-image-1.5",operation="generation",provider="up"} 1.0' in metrics
 
 
 async def _metrics(server) -> str:
@@ -132,7 +132,7 @@ async def test_non_stream_body_relayed_byte_for_byte_with_length(fake_upstream, 
     assert headers["x-request-id"].startswith("req_") and headers["x-request-id"] != "req_upstream"
     assert headers["x-pixelgate-provider"] == "up"
     assert "upstream/1.0" not in headers.get("Server", "")
-    assert 'pixelgate_images_total{kind="final",model="gpt-image-1.5",provider="up"} 1.0' in await _metrics(gw)
+    assert 'pixelgate_images_total{kind="final",model="gpt-image-1.5",operation="generation",provider="up"} 1.0' in await _metrics(gw)
 
 
 async def test_request_forwarded_with_model_rewritten_and_gateway_fields_stripped(fake_upstream, gateway) -> None:

@@ -76,6 +76,7 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
         if (endpoint := _LOGGED.get(request.path)) is not None and request.method == "POST":
             record = RequestRecord(
                 request_id=request[REQUEST_ID], endpoint=endpoint, stream=False, status=err.status,
+                operation="edit" if endpoint == "images.edits" else "generation",
                 error_type=err.error_type, duration_s=loop.time() - started,
             )
             request.app[METRICS].observe_request(record)
