@@ -39,8 +39,11 @@ __all__ = ["create_app", "main"]
 READ_BUFSIZE = 256 * 1024
 PATH = "/v1/images/generations"
 
+EDITS = "/v1/images/edits"
+
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 UPSTREAM_URL = web.AppKey("upstream_url", str)
+EDITS_URL = web.AppKey("edits_url", str)
 
 
 async def _generations(request: web.Request) -> web.StreamResponse:
@@ -61,14 +64,27 @@ async def _generations(request: web.Request) -> web.StreamResponse:
     return out
 
 
+async def _edits(request: web.Request) -> web.StreamResponse:
+    """An upload streamed through as it arrives (its length kept), the answer relayed as-is."""
+    headers = {"Content-Type": request.headers.get("Content-Type", "application/octet-stream")}
+    if request.content_length is not None:
+        headers["Content-Length"] = str(request.content_length)
+    upload = request.content.iter_chunked(READ_BUFSIZE)
+    async with request.app[SESSION].post(request.app[EDITS_URL], data=upload, headers=headers) as resp:
+        body = await resp.read()
+        return web.Response(status=resp.status, body=body, content_type=resp.content_type)
+
+
 async def _healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
-def create_app(upstream: str) -> web.Application:
-    """The two routes, and one upstream session for the app's lifetime."""
+def create_app(upstream: str, edits_upstream: str | None = None) -> web.Application:
+    """The routes, and one upstream session for the app's lifetime."""
+    # Uploads are streamed, never read whole: no body size limit applies to them.
     app = web.Application()
     app[UPSTREAM_URL] = upstream.rstrip("/") + PATH
+    app[EDITS_URL] = (edits_upstream or upstream).rstrip("/") + EDITS
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
         session = aiohttp.ClientSession(
@@ -88,6 +104,7 @@ def create_app(upstream: str) -> web.Application:
 
     app.cleanup_ctx.append(session_ctx)
     app.router.add_post(PATH, _generations)
+    app.router.add_post(EDITS, _edits)
     app.router.add_get("/healthz", _healthz)
     return app
 
@@ -97,11 +114,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True, help="base URL, e.g. http://127.0.0.1:9090")
+    parser.add_argument("--edits-upstream", help="base URL for /v1/images/edits (default: --upstream)")
     args = parser.parse_args(argv)
     # On uvloop, like the gateway and the demo upstream, so the comparison is like for like.
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
-    web.run_app(create_app(args.upstream), host=args.host, port=args.port, loop=loop, access_log=None)
+    web.run_app(create_app(args.upstream, args.edits_upstream), host=args.host, port=args.port, loop=loop, access_log=None)
 
 
 if __name__ == "__main__":

@@ -51,12 +51,12 @@ class Response:
         self.body: bytearray | None = None
 
 
-def build_request(host: str, port: int, path: str, body: bytes) -> bytes:
+def build_request(host: str, port: int, path: str, body: bytes, content_type: str = "application/json") -> bytes:
     """The request bytes, built once and written as-is for every request."""
     head = (
         f"POST {path} HTTP/1.1\r\n"
         f"Host: {host}:{port}\r\n"
-        "Content-Type: application/json\r\n"
+        f"Content-Type: {content_type}\r\n"
         "Accept: */*\r\n"
         f"Content-Length: {len(body)}\r\n"
         "\r\n"

@@ -19,6 +19,7 @@ import hashlib
 import resource
 import sys
 import time
+from pathlib import Path
 
 import msgspec
 
@@ -37,6 +38,9 @@ class LoadSpec(msgspec.Struct, frozen=True):
     duration: float
     warmup: int = 0
     path: str = "/v1/images/generations"
+    # A body too large for the command line (an upload) is read from this file instead.
+    body_file: str | None = None
+    content_type: str = "application/json"
     # SSE event boundaries every answer must have (None: a plain body).
     expect_events: int | None = None
     # The measured phase is cut off (an error) after this many seconds.
@@ -148,8 +152,8 @@ def _cpu(spec: LoadSpec) -> dict[str, float]:
     return out
 
 
-async def measure(spec: LoadSpec) -> LoadResult:
-    request = build_request(spec.host, spec.port, spec.path, spec.body.encode())
+async def measure(spec: LoadSpec, body: bytes) -> LoadResult:
+    request = build_request(spec.host, spec.port, spec.path, body, spec.content_type)
     conns = [await Connection.open(spec.host, spec.port) for _ in range(spec.concurrency)]
     try:
         sample = await _sample(spec, conns[0], request)
@@ -192,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     spec = msgspec.json.decode(argv[0], type=LoadSpec)
     loop, has_uvloop = _new_loop()
     try:
-        result = loop.run_until_complete(measure(spec))
+        # Read before the loop runs: an upload body is one file read, once.
+        body = Path(spec.body_file).read_bytes() if spec.body_file else spec.body.encode()
+        result = loop.run_until_complete(measure(spec, body))
     except (HttpError, OSError, TimeoutError) as exc:
         result = LoadResult(errors=1, first_error=f"{type(exc).__name__}: {exc}")
     finally:

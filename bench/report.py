@@ -23,11 +23,13 @@ class Target:
     limit: float
     at_most: bool  # True: value <= limit passes; False: value >= limit passes
     unit: str = ""
+    # Judged against direct (most goals), or against the floor proxy (a bare relay).
+    against: Literal["direct", "floor"] = "direct"
 
     def describe(self) -> str:
         sign = "<=" if self.at_most else ">="
         if self.compare == "ratio":
-            return f"{sign} {self.limit:.2f}x"
+            return f"{sign} {self.limit:.2f}x" + (" of floor" if self.against == "floor" else "")
         plus = "+" if self.compare == "added" else ""
         return f"{sign} {plus}{self.limit:g} {self.unit}".rstrip()
 
@@ -83,7 +85,7 @@ class Row:
             return "ERROR"
         if self.target is None:
             return "info"
-        value = self.compared
+        value = self.vs_floor if self.target.against == "floor" else self.compared
         if value is None:
             return "ERROR"
         return "PASS" if self.target.met(value) else "MISS"

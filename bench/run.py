@@ -31,6 +31,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -120,12 +121,44 @@ def _load(spec: LoadSpec) -> Summary:
     return summarize(result)
 
 
-def _spec(sc: Scenario, port: int, watch: dict[str, int], scale: float) -> LoadSpec:
+_BOUNDARY = "pixelgate-bench-boundary"
+
+
+def upload_body(sc: Scenario, scratch: Path) -> Path:
+    """The edit scenario's multipart body, written once: its images are a real
+    PNG header (what the gateway sniffs) followed by filler bytes."""
+    assert sc.upload is not None
+    path = scratch / f"{sc.name}.multipart"
+    if path.exists():
+        return path
+    count, size = sc.upload
+    ihdr = b"IHDR" + (1024).to_bytes(4, "big") * 2 + bytes([8, 6, 0, 0, 0])
+    head = b"\x89PNG\r\n\x1a\n" + (13).to_bytes(4, "big") + ihdr + zlib.crc32(ihdr).to_bytes(4, "big")
+    dash = f"--{_BOUNDARY}\r\n".encode()
+    with path.open("wb") as f:
+        for name, value in (("model", "bench-edit"), ("prompt", "a pixelgate benchmark")):
+            f.write(dash + f'Content-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+        filler = bytes(range(256)) * (size // 256 + 1)
+        for i in range(count):
+            f.write(dash + f'Content-Disposition: form-data; name="image[]"; filename="in{i}.png"\r\n'
+                    "Content-Type: image/png\r\n\r\n".encode())
+            f.write(head + filler[: size - len(head)] + b"\r\n")
+        f.write(f"--{_BOUNDARY}--\r\n".encode())
+    return path
+
+
+def _spec(sc: Scenario, port: int, watch: dict[str, int], scale: float, scratch: Path | None = None) -> LoadSpec:
     duration = sc.duration * scale
+    upload = {} if sc.upload is None or scratch is None else {
+        "body_file": str(upload_body(sc, scratch)),
+        "content_type": f"multipart/form-data; boundary={_BOUNDARY}",
+        "path": sc.path,
+    }
     return LoadSpec(
         host=HOST,
         port=port,
         body=msgspec.json.encode(sc.body()).decode(),
+        **upload,
         concurrency=sc.concurrency,
         requests=max(1, int(sc.requests * scale)),
         duration=duration,
@@ -145,7 +178,8 @@ def _through(sc: Scenario, servers: Servers, scale: float, name: str, pid: int, 
     """One run through a proxy; its RSS peak is reset first, so it covers this run only."""
     baseline = rss_kib(pid)["VmRSS"]
     reset = reset_peak_rss(pid)
-    summary = _load(_spec(sc, port, {name: pid, "upstream": servers.upstream.pid}, scale))
+    upstream = servers.edits.pid if sc.upload else servers.upstream.pid
+    summary = _load(_spec(sc, port, {name: pid, "upstream": upstream}, scale, servers.scratch))
     servers.check_alive()
     peak = rss_kib(pid)["VmHWM"]
     _check(name, summary)
@@ -166,7 +200,8 @@ def measure(sc: Scenario, servers: Servers, scale: float) -> Measured:
     Sequential, never concurrent: on 2 cores the three runs would compete for
     CPU. The idle proxy's event loop sleeps, so it takes nothing from the run.
     """
-    direct = _load(_spec(sc, servers.upstream_port, {"upstream": servers.upstream.pid}, scale))
+    port, pid = (servers.edits_port, servers.edits.pid) if sc.upload else (servers.upstream_port, servers.upstream.pid)
+    direct = _load(_spec(sc, port, {"upstream": pid}, scale, servers.scratch))
     _check("direct", direct)
     servers.check_alive()
     gateway, gateway_rss = _through(sc, servers, scale, "gateway", servers.gateway.pid, servers.gateway_port)

@@ -50,6 +50,12 @@ class Scenario:
     stream: bool = False
     partial_images: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # An edit: (images, bytes each) uploaded as multipart to /v1/images/edits.
+    upload: tuple[int, int] | None = None
+
+    @property
+    def path(self) -> str:
+        return "/v1/images/edits" if self.upload else "/v1/images/generations"
 
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"model": "bench", "prompt": "a pixelgate benchmark", "size": "1024x1024"}
@@ -62,6 +68,10 @@ class Scenario:
     def expect_events(self) -> int | None:
         """Each stream carries the partial images, then one completed event."""
         return self.partial_images + 1 if self.stream else None
+
+    @property
+    def upload_bytes(self) -> int:
+        return self.upload[0] * self.upload[1] if self.upload else 0
 
     def params(self) -> dict[str, Any]:
         return {
@@ -145,6 +155,20 @@ def _stream_c4(sc: Scenario, m: Measured) -> list[Row]:
     ]
 
 
+def _edit_c4(sc: Scenario, m: Measured) -> list[Row]:
+    g = m.gateway_rss
+    growth = _mib(max(0, g.peak_kib - g.baseline_kib))
+    return [
+        _row(sc, m, "throughput", "req/s", _rps, target=Target("ratio", 0.8, at_most=False, against="floor")),
+        _row(sc, m, "upload", "MB/s", lambda s: s.requests * sc.upload_bytes / 1e6 / s.elapsed_s if s.elapsed_s else None,
+             compare="ratio"),
+        _row(sc, m, "p50 latency", "ms", _latency("p50"), compare="added"),
+        *_rss_rows(sc, m, None),
+        Row(sc.name, "RSS growth over idle", "MiB", None, growth, compare="gateway",
+            target=Target("gateway", 64, at_most=True, unit="MiB"), floor=_mib(max(0, m.floor_rss.peak_kib - m.floor_rss.baseline_kib))),
+    ]
+
+
 def _stream_ttfe(sc: Scenario, m: Measured) -> list[Row]:
     return [
         _row(sc, m, "p50 time to first event", "ms", _ttfe("p50"), target=Target("added", 1.0, at_most=True, unit="ms")),
@@ -176,6 +200,11 @@ SCENARIOS: list[Scenario] = [
         "SSE, 3 partials + completed of ~2 MB each, 4 connections: stream throughput",
         {"image_bytes": 2_000_000}, concurrency=4, requests=5000, duration=8.0, warmup=8,
         rows=_stream_c4, stream=True, partial_images=3,
+    ),
+    Scenario(
+        "edit_c4",
+        "edits, 16 input images of 4 MB each (multipart), 4 connections: uploads streamed through",
+        {}, concurrency=4, requests=400, duration=10.0, warmup=4, rows=_edit_c4, upload=(16, 4_000_000),
     ),
     Scenario(
         "stream_ttfe",

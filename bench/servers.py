@@ -120,9 +120,14 @@ class Servers:
     gateway_port: int
     floor: ManagedProcess
     floor_port: int
+    # The edits scenario's upstream (bench.edit_upstream), behind both proxies too.
+    edits: ManagedProcess
+    edits_port: int
+    # Where scenario inputs (upload bodies) are written.
+    scratch: Path
 
     def check_alive(self) -> None:
-        for proc in (self.upstream, self.gateway, self.floor):
+        for proc in (self.upstream, self.gateway, self.floor, self.edits):
             if not proc.alive():
                 raise BenchError(f"{proc.name} (pid {proc.pid}) has exited:\n{proc.log_tail()}")
 
@@ -139,8 +144,10 @@ _CONFIG = """\
 server: {{host: {host}, port: 0, keepalive_interval: 15}}
 providers:
   up: {{adapter: openai, base_url: "http://{host}:{port}/v1"}}
+  edits: {{adapter: openai, base_url: "http://{host}:{edits_port}/v1"}}
 models:
   bench: [{{provider: up}}]
+  bench-edit: [{{provider: edits}}]
 """
 
 
@@ -170,8 +177,17 @@ def running_servers(logs: Path) -> Iterator[Servers]:
                 logs,
             )
             started.append(upstream)
+            edits_port = free_port()
+            edits = _start(
+                "edits",
+                [sys.executable, "-m", "bench.edit_upstream", "--host", HOST, "--port", str(edits_port)],
+                "/v1/models",
+                edits_port,
+                logs,
+            )
+            started.append(edits)
             config = Path(tmp) / "gateway.yaml"
-            config.write_text(_CONFIG.format(host=HOST, port=up_port))
+            config.write_text(_CONFIG.format(host=HOST, port=up_port, edits_port=edits_port))
             gw_port = free_port()
             gateway = _start(
                 "gateway",
@@ -185,13 +201,13 @@ def running_servers(logs: Path) -> Iterator[Servers]:
             floor = _start(
                 "floor",
                 [sys.executable, "-m", "bench.floor_proxy", "--host", HOST, "--port", str(floor_port),
-                 "--upstream", f"http://{HOST}:{up_port}"],
+                 "--upstream", f"http://{HOST}:{up_port}", "--edits-upstream", f"http://{HOST}:{edits_port}"],
                 "/healthz",
                 floor_port,
                 logs,
             )
             started.append(floor)
-            yield Servers(upstream, up_port, gateway, gw_port, floor, floor_port)
+            yield Servers(upstream, up_port, gateway, gw_port, floor, floor_port, edits, edits_port, Path(tmp))
         finally:
             for proc in reversed(started):
                 proc.stop()
