@@ -35,12 +35,11 @@ run: $(VENV)/.runtime
 # Debian packages the tests use: a real Prometheus (and promtool), Chromium and a
 # font for the playground's browser tests, Node.js for the browser client's unit tests,
 # and redis-server for the shared-limits tests (each session starts its own).
-DEB_PACKAGES := prometheus chromium fonts-liberation nodejs npm redis-server
+DEB_PACKAGES := prometheus chromium fonts-liberation nodejs redis-server
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 deb-packages:
 	@command -v promtool >/dev/null 2>&1 && [ -x /usr/bin/chromium ] && command -v node >/dev/null 2>&1 \
-	  && command -v npm >/dev/null 2>&1 \
 	  && command -v redis-server >/dev/null 2>&1 \
 	  || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends $(DEB_PACKAGES); }
 
@@ -52,7 +51,9 @@ check: $(VENV)/.test
 
 # The official openai Node SDK, pinned by tests/node/package-lock.json (tests/test_node_sdk.py).
 NODE_SDK := tests/node/node_modules/.package-lock.json
+# NodeSource's nodejs ships npm (and conflicts with Debian's npm package); Debian's does not.
 $(NODE_SDK): tests/node/package-lock.json | deb-packages
+	@command -v npm >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends npm; }
 	npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
 
 test: check deb-packages $(NODE_SDK)
