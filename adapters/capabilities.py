@@ -36,9 +36,25 @@ PARAMS = (
 )
 
 
+# The values OpenAI documents today, per parameter the gateway may judge. A
+# translating adapter refuses any other (its provider cannot know it either);
+# a pass-through table (``judges="upstream"``) lets the upstream judge.
+KNOWN: Mapping[str, frozenset[str]] = {
+    "quality": frozenset({"auto", "low", "medium", "high", "xhigh", "max", "standard", "hd"}),
+    "style": frozenset({"vivid", "natural"}),
+    "background": frozenset({"auto", "opaque", "transparent"}),
+    "moderation": frozenset({"auto", "low"}),
+    "output_format": frozenset({"png", "jpeg", "webp"}),
+    "input_fidelity": frozenset({"high", "low"}),
+}
+
+
 class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
     # The provider as messages and tables name it.
     provider: str
+    # gateway: values outside KNOWN are refused; upstream: an OpenAI-compatible
+    # upstream judges every value itself (new OpenAI values pass).
+    judges: Literal["gateway", "upstream"] = "gateway"
     # Most images per request; None: as many as asked.
     max_n: int | None = None
     # The aspect ratios a size must match (within 2 %, or exactly); None: any pixel size.
@@ -82,7 +98,10 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
             found.insert(0, ("image", why))
         if mask and not self.mask:
             found.append(("mask", self.why.get("mask") or f"{self.provider} takes no mask"))
-        if not self.input_fidelity and req.input_fidelity == "high":
+        fidelity = req.input_fidelity
+        if self.judges == "gateway" and isinstance(fidelity, str) and fidelity not in KNOWN["input_fidelity"]:
+            found.append(("input_fidelity", f"{fidelity[:64]!r} is not a value of `input_fidelity` (high, low)"))
+        elif not self.input_fidelity and fidelity == "high":
             found.append(("input_fidelity", self.why.get("input_fidelity") or f"{self.provider} has no input fidelity setting"))
         return found
 
@@ -92,8 +111,24 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
         Values that ask for nothing in particular (absent, null, ``auto``)
         never count.
         """
-        found = [p for p in self.order if p in PARAMS and self._refuses(p, req)]
-        return [(p, self.why.get(p) or self._default_why(p)) for p in found]
+        found = []
+        for p in self.order:
+            if p not in PARAMS:
+                continue
+            if (unknown := self._unknown(p, req)) is not None:
+                found.append((p, unknown))
+            elif self._refuses(p, req):
+                found.append((p, self.why.get(p) or self._default_why(p)))
+        return found
+
+    def _unknown(self, param: str, req: ImageRequest) -> str | None:
+        """Why a value OpenAI does not document is refused, if this table judges values."""
+        if self.judges == "upstream" or param not in KNOWN:
+            return None
+        value = getattr(req, param, None)
+        if not isinstance(value, str) or value in KNOWN[param]:
+            return None
+        return f"{value[:64]!r} is not a value of `{param}` that {self.provider} takes ({', '.join(sorted(KNOWN[param]))})"
 
     def in_order(self, problems: list[tuple[str, str]]) -> list[tuple[str, str]]:
         """Problems from the table and an adapter's own checks, in ``order``."""

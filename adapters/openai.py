@@ -31,6 +31,7 @@ _MAX_SYNTH_BODY = 256 * 1024 * 1024
 # An OpenAI-compatible upstream judges the parameters itself: nothing is refused here.
 PASS_THROUGH = Capabilities(
     provider="OpenAI",
+    judges="upstream",
     edits=True,
     max_edit_images=16,
     mask=True,

@@ -47,6 +47,11 @@ class ProviderPreferences(msgspec.Struct, forbid_unknown_fields=True):
 
 
 Size = Annotated[str, Meta(pattern=r"^(auto|[1-9][0-9]{1,4}x[1-9][0-9]{1,4})$")]
+# An enumerated OpenAI value, bounded but not enumerated here: OpenAI adds
+# values (a new quality, a new format), and an OpenAI-compatible upstream is
+# the one to judge them. Translating adapters check them against what their
+# provider takes (``pixelgate.adapters.capabilities``).
+Value = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")]
 
 
 class ImageRequest(msgspec.Struct, kw_only=True):
@@ -56,12 +61,12 @@ class ImageRequest(msgspec.Struct, kw_only=True):
     model: str | UnsetType | None = UNSET
     n: Annotated[int, Meta(ge=1, le=10)] | UnsetType | None = UNSET
     size: Size | UnsetType | None = UNSET
-    quality: Literal["auto", "low", "medium", "high", "xhigh", "max", "standard", "hd"] | UnsetType | None = UNSET
+    quality: Value | UnsetType | None = UNSET
     response_format: Literal["url", "b64_json"] | UnsetType | None = UNSET
     user: str | UnsetType = UNSET
-    background: Literal["transparent", "opaque", "auto"] | UnsetType | None = UNSET
-    moderation: Literal["low", "auto"] | UnsetType | None = UNSET
-    output_format: Literal["png", "jpeg", "webp"] | UnsetType | None = UNSET
+    background: Value | UnsetType | None = UNSET
+    moderation: Value | UnsetType | None = UNSET
+    output_format: Value | UnsetType | None = UNSET
     output_compression: Annotated[int, Meta(ge=0, le=100)] | UnsetType | None = UNSET
     stream: bool | UnsetType | None = UNSET
     partial_images: Annotated[int, Meta(ge=0, le=3)] | UnsetType | None = UNSET
@@ -79,7 +84,7 @@ class ImageRequest(msgspec.Struct, kw_only=True):
 class ImageGenerationRequest(ImageRequest, kw_only=True):
     """``POST /v1/images/generations``."""
 
-    style: Literal["vivid", "natural"] | UnsetType | None = UNSET
+    style: Value | UnsetType | None = UNSET
 
 
 # The most input images an edit takes (OpenAI's limit for GPT image models).
@@ -100,7 +105,7 @@ class ImageEditRequest(ImageRequest, kw_only=True):
     from a JSON body they are ``images`` and ``mask`` here.
     """
 
-    input_fidelity: Literal["high", "low"] | UnsetType | None = UNSET
+    input_fidelity: Value | UnsetType | None = UNSET
     images: Annotated[list[ImageReference], Meta(min_length=1, max_length=MAX_EDIT_IMAGES)] | UnsetType = UNSET
     mask: ImageReference | UnsetType | None = UNSET
 
