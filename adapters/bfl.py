@@ -12,23 +12,37 @@ into ``b64_json`` as it arrives (or relayed as a URL for
 BFL bills per image and reports no tokens; the relay counts the image.
 Fields outside the OpenAI schema (``seed``, ``safety_tolerance``,
 ``prompt_upsampling``, ``raw``, ``input_image``, …) pass to BFL unchanged.
+
+Edits (``/v1/images/edits``, for the Kontext and FLUX.2 models) are the same
+submit with the image in the JSON: ``input_image`` is the uploaded file's
+base64, encoded by the transport as it sends (``FilePiece``: never read
+here), and further images go in ``input_image_2``, ``input_image_3``, … up to
+the ``max_edit_images`` option (1 by default: the reference documents
+``input_image`` alone; the operator raises it for models that take more).
+These models take no mask (the edit follows the prompt): ``mask`` is refused.
+Without a ``size`` BFL keeps the input's aspect ratio; with one, it maps as
+for a generation. The answer is polled and downloaded as for a generation,
+streamed as ``image_edit.completed``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Literal
+from collections.abc import Iterator, Mapping
+from typing import Annotated, Literal
 
 import msgspec
+from msgspec import Meta
 
 from pixelgate.adapters.base import AdapterBase
 from pixelgate.adapters.capabilities import Capabilities
 from pixelgate.adapters.fetched import FetchingTranslator, FetchOptions, Polling, Step
-from pixelgate.adapters.images_out import ImageMeta, ImagesWriter
+from pixelgate.adapters.images_out import EDIT_COMPLETED, GENERATION_COMPLETED, ImageMeta, ImagesWriter
 from pixelgate.adapters.params import aspect_ratio, native_fields, parse_size, reported_size
 from pixelgate.adapters.provider_errors import error_message, malformed, moderation_blocked, provider_error
-from pixelgate.core.errors import GatewayError, UpstreamFailure, UpstreamProtocolError
-from pixelgate.core.translator import Generation, Guard, ProviderSettings, UpstreamRequest
+from pixelgate.core.errors import GatewayError, InvalidRequest, UpstreamFailure, UpstreamProtocolError
+from pixelgate.core.request import GATEWAY_ONLY_FIELDS, MAX_EDIT_IMAGES, ImageEditRequest, ImageRequest
+from pixelgate.core.translator import Edit, Generation, Guard, ProviderSettings, UpstreamRequest
+from pixelgate.core.upload import FilePiece, InputImage, StreamedBody
 
 __all__ = ["BflAdapter", "BflOptions"]
 
@@ -42,6 +56,9 @@ class BflOptions(FetchOptions, forbid_unknown_fields=True):
     # flux-pro-1.1 / flux-dev / flux-2 take width and height; the ultra and
     # kontext models take an aspect ratio instead.
     size_as: Literal["width_height", "aspect_ratio"] = "width_height"
+    # Input images an edit may carry (input_image, input_image_2, …): the
+    # model's to say (BFL documents up to 4 for Kontext, more for FLUX.2).
+    max_edit_images: Annotated[int, Meta(ge=1, le=MAX_EDIT_IMAGES)] = 1
 
 
 CAPABILITIES = Capabilities(
@@ -51,8 +68,28 @@ CAPABILITIES = Capabilities(
     aspect_ratios=ASPECT_RATIOS,
     urls=True,
     formats=("jpeg", "png"),
-    why={"moderation": "BFL's moderation is set with its native `safety_tolerance`"},
+    edits=True,
+    max_edit_images=1,
+    mask=False,
+    why={
+        "moderation": "BFL's moderation is set with its native `safety_tolerance`",
+        "mask": "BFL's edit models (Kontext, FLUX.2) follow the prompt and take no mask",
+    },
 )
+
+# Fields of an edit that are OpenAI's (or the gateway's), not BFL's native ones.
+_EDIT_KNOWN = frozenset(ImageEditRequest.__struct_fields__) | GATEWAY_ONLY_FIELDS
+# BFL's non-string fields: a form gives every value as text, BFL wants JSON types.
+_FORM_TYPES: dict[str, type[int] | type[float] | type[bool]] = {
+    "seed": int,
+    "safety_tolerance": int,
+    "width": int,
+    "height": int,
+    "steps": int,
+    "guidance": float,
+    "prompt_upsampling": bool,
+    "raw": bool,
+}
 
 
 class _Submitted(msgspec.Struct):
@@ -71,11 +108,63 @@ class _Status(msgspec.Struct):
 
 
 _submitted = msgspec.json.Decoder(_Submitted)
+_raw_map = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _status = msgspec.json.Decoder(_Status)
 _encoder = msgspec.json.Encoder()
 
 _WORKING = frozenset({"Pending", "Processing", "Queued"})
 _MODERATED = frozenset({"Request Moderated", "Content Moderated"})
+
+
+def _image_key(index: int) -> str:
+    return "input_image" if index == 0 else f"input_image_{index + 1}"
+
+
+def _form_value(key: str, value: str) -> object:
+    """A form field as the JSON BFL wants: its documented numbers and booleans typed."""
+    kind = _FORM_TYPES.get(key)
+    if kind is None:
+        return value
+    if kind is bool:
+        if value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    else:
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    what = {int: "an integer", float: "a number", bool: "true or false"}[kind]
+    raise InvalidRequest(f"`{key}` must be {what} for BFL; got {value[:40]!r}.", param=key, code="invalid_value")
+
+
+def _edit_natives(e: Edit) -> Iterator[tuple[str, object]]:
+    """The edit's fields outside the OpenAI schema: a JSON body's as they came, a form's typed."""
+    if e.json_body is not None:
+        pairs: Iterator[tuple[str, object]] = iter(_raw_map.decode(e.json_body).items())
+    else:
+        pairs = ((key, value) for key, value in e.fields)
+    for key, value in pairs:
+        if key in _EDIT_KNOWN:
+            continue
+        if key == "input_image" or key.startswith("input_image_"):
+            raise InvalidRequest(
+                f"`{key}` is set by the gateway from the edit's images; send the image as `image` instead.",
+                param=key,
+                code="invalid_value",
+            )
+        yield key, _form_value(key, value) if isinstance(value, str) else value
+
+
+def _with_images(fields: dict[str, object], images: tuple[InputImage, ...]) -> StreamedBody:
+    """``fields`` as a JSON object, with each image's base64 spliced in as
+    ``input_image``, ``input_image_2``, …, encoded by the transport as it sends."""
+    head = _encoder.encode(fields)
+    # `fields` always holds the prompt: the object is not empty, a comma follows it.
+    pieces: list[bytes | FilePiece] = [head[:-1]]
+    for i, image in enumerate(images):
+        pieces += [b',"' + _image_key(i).encode() + b'":"', FilePiece(image, "base64"), b'"']
+    pieces.append(b"}")
+    return StreamedBody(tuple(pieces))
 
 
 class BflTranslator(FetchingTranslator):
@@ -136,8 +225,17 @@ class BflAdapter(AdapterBase[BflOptions]):
     @classmethod
     def capabilities_for(cls, options: msgspec.Struct) -> Capabilities:
         assert isinstance(options, BflOptions)
+        table = cls.capabilities
         # Sizes sent as width and height are BFL's to judge.
-        return cls.capabilities if options.size_as == "aspect_ratio" else msgspec.structs.replace(cls.capabilities, aspect_ratios=None)
+        if options.size_as != "aspect_ratio":
+            table = msgspec.structs.replace(table, aspect_ratios=None)
+        if options.max_edit_images != table.max_edit_images:
+            table = msgspec.structs.replace(table, max_edit_images=options.max_edit_images)
+        if options.max_edit_images == 1:
+            # The way to more images is the operator's: say so.
+            why = "this BFL route takes one input image (`input_image`); for models that take more, the gateway operator sets options.max_edit_images"
+            table = msgspec.structs.replace(table, why={**table.why, "image": why})
+        return table
 
     def setup(self, settings: ProviderSettings) -> None:
         self._base = self.base_url
@@ -148,34 +246,48 @@ class BflAdapter(AdapterBase[BflOptions]):
         self._fetch_guard = self.options.fetch_guard(FETCH_HOSTS)
 
     def generation(self, g: Generation) -> BflTranslator:
-        request, body, upstream_model = g.request, g.body, g.upstream_model
-        opts = self.options
-        headers = self.settle(request)
-        fields: dict[str, object] = {**native_fields(body), "prompt": request.prompt}
+        headers = self.settle(g.request)
+        fields: dict[str, object] = {**native_fields(g.body), "prompt": g.request.prompt}
+        fmt = self._common_fields(g.request, fields)
+        return self._translator(g.request, g.upstream_model, _encoder.encode(fields), fmt, headers, GENERATION_COMPLETED)
+
+    def edit(self, e: Edit) -> BflTranslator:
+        self.require_files(e)
+        headers = self.settle_edit(e)
+        # Under the drop policy the images past the table's limit (and a
+        # mask) have been dropped, and said so; the first image is the one edited.
+        images = e.images[: self.table.max_edit_images]
+        fields: dict[str, object] = {**dict(_edit_natives(e)), "prompt": e.request.prompt}
+        fmt = self._common_fields(e.request, fields)
+        return self._translator(e.request, e.upstream_model, _with_images(fields, images), fmt, headers, EDIT_COMPLETED)
+
+    def _common_fields(self, request: ImageRequest, fields: dict[str, object]) -> str:
+        """Size and format into ``fields``; the output format asked of BFL."""
         size = parse_size(request.size)
         if size is not None:
-            if opts.size_as == "aspect_ratio":
+            if self.options.size_as == "aspect_ratio":
                 if (ratio := aspect_ratio(*size, ASPECT_RATIOS)) is not None:
                     fields["aspect_ratio"] = ratio
             else:
                 fields["width"], fields["height"] = size
         fmt = request.output_format if request.output_format in ("png", "jpeg") else "png"
         fields["output_format"] = fmt
-        meta = ImageMeta(
-            created=int(self.clock()),
-            size=reported_size(request.size),
-            output_format=str(fmt),
-        )
+        return str(fmt)
+
+    def _translator(
+        self, request: ImageRequest, upstream_model: str, body: bytes | StreamedBody, fmt: str, headers: dict[str, str], event: str
+    ) -> BflTranslator:
+        meta = ImageMeta(created=int(self.clock()), size=reported_size(request.size), output_format=fmt)
         submit = UpstreamRequest(
             "POST",
             f"{self._base}/{upstream_model}",
             {**self._polling.headers, "Content-Type": "application/json"},
-            _encoder.encode(fields),
+            body,
         )
         return BflTranslator(
             self.name,
             submit,
-            ImagesWriter(request.streaming, meta),
+            ImagesWriter(request.streaming, meta, event=event),
             headers,
             self._fetch_guard,
             self._polling,

@@ -45,6 +45,28 @@ Fields outside the OpenAI schema go into ``generationConfig`` (``seed``,
 ``temperature``, ``thinkingConfig``, …), except ``safetySettings`` and
 ``systemInstruction``, which are request-level; a key the adapter sets
 itself (``responseModalities``, ``imageConfig``) wins.
+
+Edits (``POST /v1/images/edits``) are the same call with the input images as
+``inlineData`` parts after the text part (the order of Gemini's REST examples)::
+
+    {"contents":[{"role":"user","parts":[{"text":"<prompt>"},
+        {"inlineData":{"mimeType":"image/png","data":"<base64 of the upload>"}}, …]}],
+     "generationConfig":{…as for a generation…}}
+
+The body is a ``StreamedBody``: the base64 is encoded from the spooled file
+as the transport sends it, so no image is ever held whole. The answer, the
+errors and the usage are a generation's (the input images' tokens are
+``promptTokensDetails`` IMAGE); streamed events are ``image_edit.completed``.
+Gemini edits from the prompt alone: a mask is refused (or, under ``drop``,
+left out), as is ``input_fidelity: high``. It takes a few input images:
+``options.max_edit_images`` (3 by default, gemini-2.5-flash-image's; Gemini 3
+image models take up to 14); more are refused (under ``drop``, the first ones
+are sent). Without ``size`` no ``aspectRatio`` is sent: Gemini then matches
+the input image's. An edit whose images are https URLs or file ids (JSON) is refused:
+the gateway fetches nothing for a client, and Gemini needs the bytes. A
+multipart edit's extra text fields are native fields too, each taken as the
+JSON it is when that is a number, a boolean or an object (``seed=42`` is the
+number 42: SDKs send extra_body values so), else as a string.
 """
 
 from __future__ import annotations
@@ -58,13 +80,15 @@ from msgspec import Meta
 from pixelgate.adapters.base import AdapterBase
 from pixelgate.adapters.capabilities import Capabilities
 from pixelgate.adapters.google import GoogleOptions, GoogleTarget, check_google, format_of, google_error, image_tier
-from pixelgate.adapters.images_out import ImageMeta, ImagesWriter
+from pixelgate.adapters.images_out import EDIT_COMPLETED, ImageMeta, ImagesWriter
 from pixelgate.adapters.jsontap import Path
 from pixelgate.adapters.params import aspect_ratio, native_fields, parse_size, reported_size
 from pixelgate.adapters.provider_errors import malformed, moderation_blocked
 from pixelgate.adapters.tapped import TappedTranslator
 from pixelgate.core.errors import GatewayError, UpstreamError
-from pixelgate.core.translator import Ending, Generation, ProviderSettings, UpstreamRequest
+from pixelgate.core.request import GATEWAY_ONLY_FIELDS, MAX_EDIT_IMAGES, ImageEditRequest, ImageGenerationRequest, ImageRequest
+from pixelgate.core.translator import Edit, Ending, Generation, ProviderSettings, UpstreamRequest
+from pixelgate.core.upload import FilePiece, StreamedBody
 from pixelgate.core.usage import InputTokensDetails, OutputTokensDetails, Usage
 
 __all__ = ["GeminiAdapter", "GeminiOptions"]
@@ -72,6 +96,8 @@ __all__ = ["GeminiAdapter", "GeminiOptions"]
 # Gemini's documented aspect ratios (google-genai ImageConfig lists all but
 # 4:5 and 5:4, which the image-generation guide adds).
 ASPECT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
+# Input images per edit by default (gemini-2.5-flash-image: "up to 3").
+EDIT_IMAGES = 3
 _REQUEST_LEVEL = frozenset({"safetySettings", "systemInstruction"})
 _BLOCKED = frozenset({
     "IMAGE_SAFETY", "IMAGE_PROHIBITED_CONTENT", "SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII",
@@ -88,6 +114,14 @@ class GeminiOptions(GoogleOptions, forbid_unknown_fields=True):
     # Send imageConfig.imageSize ("2K", "4K") for sizes past 1536 px (Gemini 3
     # image models); false for models without it (gemini-2.5-flash-image).
     image_size: bool = True
+    # Input images per edit: 3 for gemini-2.5-flash-image (its documented
+    # best); Gemini 3 image models take up to 14. More are refused up front.
+    max_edit_images: Annotated[int, Meta(ge=1, le=MAX_EDIT_IMAGES)] = EDIT_IMAGES
+
+
+def _images_why(n: int) -> str:
+    most = "one input image" if n == 1 else f"at most {n} input images"
+    return f"Gemini takes {most} here (the operator can raise options.max_edit_images to 14 for Gemini 3 image models)"
 
 
 CAPABILITIES = Capabilities(
@@ -96,8 +130,13 @@ CAPABILITIES = Capabilities(
     max_n=1,
     aspect_ratios=ASPECT_RATIOS,
     formats=(),
+    edits=True,
+    max_edit_images=EDIT_IMAGES,
     why={
         "n": "Gemini image models make one image per call (candidateCount > 1 is refused)",
+        "image": _images_why(EDIT_IMAGES),
+        "mask": "Gemini edits from the prompt; it takes no mask",
+        "input_fidelity": "Gemini has no input fidelity setting (say in the prompt what must stay as it is)",
         "moderation": "Gemini's image safety filters cannot be lowered per request",
         "output_format": "the Gemini API chooses the image format itself (Vertex can set it)",
         "output_compression": "the Gemini API has no compression setting (Vertex has)",
@@ -193,7 +232,8 @@ def to_usage(meta: _UsageMetadata) -> Usage:
         output_tokens=output,
         total_tokens=meta.totalTokenCount or meta.promptTokenCount + output,
         input_tokens_details=InputTokensDetails(
-            # Without a breakdown the prompt is all text (this adapter sends only text).
+            # Without a breakdown the prompt counts as text (an edit's input
+            # images cannot be told apart then; Gemini sends the breakdown).
             text_tokens=_tokens(inp, "TEXT") if inp else meta.promptTokenCount,
             image_tokens=_tokens(inp, "IMAGE"),
         ),
@@ -268,6 +308,9 @@ class GeminiAdapter(AdapterBase[GeminiOptions]):
         table = VERTEX if options.api == "vertex" else CAPABILITIES
         if options.aspect_ratios != table.aspect_ratios:
             table = msgspec.structs.replace(table, aspect_ratios=tuple(options.aspect_ratios))
+        if options.max_edit_images != table.max_edit_images:
+            n = options.max_edit_images
+            table = msgspec.structs.replace(table, max_edit_images=n, why={**table.why, "image": _images_why(n)})
         return table
 
     @classmethod
@@ -278,9 +321,49 @@ class GeminiAdapter(AdapterBase[GeminiOptions]):
         self.target = GoogleTarget(settings, self.options)
 
     def generation(self, g: Generation) -> GeminiTranslator:
-        request, body, upstream_model = g.request, g.body, g.upstream_model
-        opts = self.options
+        request = g.request
         headers = self.settle(request)
+        config, request_level, fmt = self._config(request, native_fields(g.body))
+        fields: dict[str, object] = {
+            "contents": [{"role": "user", "parts": [{"text": request.prompt}]}],
+            "generationConfig": config,
+            **request_level,
+        }
+        call = self.target.call(g.upstream_model, "generateContent", _encoder.encode(fields))
+        writer = ImagesWriter(request.streaming, self._meta(request, fmt), usage_last=True)
+        return GeminiTranslator(self.name, call, writer, headers)
+
+    def edit(self, e: Edit) -> GeminiTranslator:
+        # The images travel inside the request: without their bytes (https
+        # URLs, file ids) there is nothing to send, and nothing else to judge.
+        self.require_files(e)
+        headers = self.settle_edit(e)
+        request = e.request
+        config, request_level, fmt = self._config(request, _edit_native(e))
+        # Under `drop`, images past the limit are left out (the header says `image`);
+        # a mask never goes (Gemini has no mask input).
+        images = e.images[: self.table.max_edit_images]
+        # The JSON around each image's base64, which the transport encodes from
+        # the spool as it sends: {"contents":[{"role":"user","parts":[{"text":…},
+        # {"inlineData":{"mimeType":…,"data":"<FilePiece>"}},…]}],"generationConfig":…}
+        pieces: list[bytes | FilePiece] = [b'{"contents":[{"role":"user","parts":[{"text":' + _encoder.encode(request.prompt) + b"}"]
+        for image in images:
+            pieces += [
+                b',{"inlineData":{"mimeType":' + _encoder.encode(image.media_type) + b',"data":"',
+                FilePiece(image, "base64"),
+                b'"}}',
+            ]
+        rest = _encoder.encode({"generationConfig": config, **request_level})
+        pieces.append(b"]}]," + rest[1:])
+        call = self.target.call(e.upstream_model, "generateContent", StreamedBody(tuple(pieces)))
+        writer = ImagesWriter(request.streaming, self._meta(request, fmt), usage_last=True, event=EDIT_COMPLETED)
+        return GeminiTranslator(self.name, call, writer, headers)
+
+    def _config(
+        self, request: ImageRequest, native: Mapping[str, msgspec.Raw]
+    ) -> tuple[dict[str, object], dict[str, object], str]:
+        """``generationConfig``, the request-level native fields, and the output format."""
+        opts = self.options
         image: dict[str, object] = {}
         size = parse_size(request.size)
         if size is not None and (ratio := aspect_ratio(*size, opts.aspect_ratios)) is not None:
@@ -294,21 +377,38 @@ class GeminiAdapter(AdapterBase[GeminiOptions]):
             if fmt == "jpeg" and isinstance(request.output_compression, int):
                 output["compressionQuality"] = request.output_compression
             image["imageOutputOptions"] = output
-        native = native_fields(body)
         config: dict[str, object] = {k: v for k, v in native.items() if k not in _REQUEST_LEVEL}
         config["responseModalities"] = opts.response_modalities
         if image:
             config["imageConfig"] = image
-        fields: dict[str, object] = {
-            "contents": [{"role": "user", "parts": [{"text": request.prompt}]}],
-            "generationConfig": config,
-            **{k: v for k, v in native.items() if k in _REQUEST_LEVEL},
-        }
-        meta = ImageMeta(
-            created=int(self.clock()),
-            size=reported_size(request.size),
-            output_format=fmt,
-        )
-        call = self.target.call(upstream_model, "generateContent", _encoder.encode(fields))
-        writer = ImagesWriter(request.streaming, meta, usage_last=True)
-        return GeminiTranslator(self.name, call, writer, headers)
+        return config, {k: v for k, v in native.items() if k in _REQUEST_LEVEL}, fmt
+
+    def _meta(self, request: ImageRequest, fmt: str) -> ImageMeta:
+        return ImageMeta(created=int(self.clock()), size=reported_size(request.size), output_format=fmt)
+
+
+# An edit's fields that are not native: the OpenAI schema's (style included:
+# edits have none, and it must not reach Gemini as a native field) and the gateway's.
+_KNOWN_EDIT = frozenset(ImageGenerationRequest.__struct_fields__) | frozenset(ImageEditRequest.__struct_fields__) | GATEWAY_ONLY_FIELDS
+_raw_map = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_any = msgspec.json.Decoder()
+
+
+def _edit_native(e: Edit) -> dict[str, msgspec.Raw]:
+    """An edit's fields outside the OpenAI schema, from its JSON body or its form."""
+    if e.json_body is not None:
+        return {k: v for k, v in _raw_map.decode(e.json_body).items() if k not in _KNOWN_EDIT}
+    return {name: _form_value(value) for name, value in e.fields if name not in _KNOWN_EDIT}
+
+
+def _form_value(value: str) -> msgspec.Raw:
+    """A form field's text as a JSON value: JSON other than a string or null
+    (``42``, ``0.5``, ``true`` as SDKs send booleans, an object) as itself,
+    anything else as the string it is."""
+    try:
+        parsed = _any.decode(value)
+    except msgspec.DecodeError:
+        parsed = value
+    if isinstance(parsed, str) or parsed is None:
+        return msgspec.Raw(_encoder.encode(value))
+    return msgspec.Raw(value.strip().encode())

@@ -45,6 +45,7 @@ from pixelgate.adapters.provider_errors import auth_failed, error_message, moder
 from pixelgate.adapters.tokens import StaticToken, TokenSource
 from pixelgate.core.errors import GatewayError
 from pixelgate.core.translator import ProviderSettings, UpstreamRequest
+from pixelgate.core.upload import StreamedBody
 
 __all__ = [
     "GoogleOptions",
@@ -110,8 +111,10 @@ class GoogleTarget:
             self._base = (base_url or f"https://{host}/v1").rstrip("/")
             self._prefix = f"/projects/{options.project}/locations/{loc}/publishers/google/models/"
 
-    def call(self, model: str, method: str, body: bytes) -> UpstreamRequest:
-        """``POST`` to ``model:method`` (``generateContent``, ``predict``) with the credentials."""
+    def call(self, model: str, method: str, body: bytes | StreamedBody) -> UpstreamRequest:
+        """``POST`` to ``model:method`` (``generateContent``, ``predict``) with the credentials.
+
+        ``body`` is a ``StreamedBody`` when it carries uploaded images (edits)."""
         name = model.removeprefix("models/").removeprefix("publishers/google/models/")
         headers = dict(self._headers)
         if self.api == "gemini":

@@ -31,6 +31,15 @@ only: the Gemini API refuses them and its 400 is relayed; Vertex needs
 ``guidanceScale``, ``language``, ``safetySetting``, ``sampleImageSize``, …
 A key the adapter sets from the OpenAI fields wins.
 
+Edits are refused (``AdapterBase.edit``: 400 ``unsupported_operation``,
+before any call). The models this adapter drives (``imagen-*-generate-*``)
+only generate; Imagen's editing is another model on Vertex only
+(``imagen-3.0-capability-001``, ``:predict`` with ``referenceImages`` and an
+``editMode``; google-genai builds ``edit_image`` for Vertex only), whose
+request the gateway's wire reference does not document. Route
+edits to ``gemini`` (the same Google account edits with Gemini image models).
+See docs/edits/imagen.md.
+
 UNCERTAIN: google-genai 3.x calls ``:predict`` Vertex-only (its
 ``generate_images`` refuses the Gemini API and is deprecated in favour of
 Gemini image models); with an API key it may no longer work. ``api:

@@ -6,10 +6,11 @@ pass the base64 through as it arrives, and the writer closes it with the
 fields OpenAI sends beside it:
 
 - body:   ``{"created":…,"data":[{"b64_json":"…"},…],"size":…,"usage":{…}}``
-- stream: one ``image_generation.completed`` event per image with every
-  field the SDKs declare (``type`` first, so the relay can classify the event
-  from its first bytes, ``b64_json``, ``created_at``, ``size``, ``quality``,
-  ``background``, ``output_format``, ``usage``).
+- stream: one completed event per image (``image_generation.completed``, or
+  ``image_edit.completed`` for an edit: the name is the writer's ``event``)
+  with every field the SDKs declare (``type`` first, so the relay can
+  classify the event from its first bytes, ``b64_json``, ``created_at``,
+  ``size``, ``quality``, ``background``, ``output_format``, ``usage``).
 
 A provider that reports usage only after its images (Gemini) sets
 ``usage_last``: the last event's tail then waits for ``finish`` so it can
@@ -24,9 +25,11 @@ from pixelgate.core.errors import UpstreamProtocolError
 from pixelgate.core.translator import ResponseHead
 from pixelgate.core.usage import Usage
 
-__all__ = ["ImageMeta", "ImagesWriter", "usage_fields"]
+__all__ = ["EDIT_COMPLETED", "GENERATION_COMPLETED", "ImageMeta", "ImagesWriter", "usage_fields"]
 
-_COMPLETED = b"image_generation.completed"
+# The completed event's name (and its `type`), as OpenAI names it per operation.
+GENERATION_COMPLETED = "image_generation.completed"
+EDIT_COMPLETED = "image_edit.completed"
 _encoder = msgspec.json.Encoder()
 
 
@@ -59,11 +62,17 @@ class ImageMeta(msgspec.Struct):
 
 
 class ImagesWriter:
-    __slots__ = ("_open", "_pending", "_usage_last", "images", "meta", "stream")
+    __slots__ = ("_event_head", "_open", "_pending", "_usage_last", "images", "meta", "stream")
 
-    def __init__(self, stream: bool, meta: ImageMeta, *, usage_last: bool = False) -> None:
+    def __init__(
+        self, stream: bool, meta: ImageMeta, *, usage_last: bool = False, event: str = GENERATION_COMPLETED
+    ) -> None:
         self.stream = stream
         self._usage_last = usage_last
+        # What opens each event, up to its b64_json string (built once: the
+        # name is part of every event, and comes from the adapter, not a client).
+        name = event.encode()
+        self._event_head = b"event: " + name + b'\ndata: {"type":"' + name + b'","b64_json":"'
         self.meta = meta
         self.images = 0
         self._open = False
@@ -83,7 +92,7 @@ class ImagesWriter:
         self._open = True
         self.images += 1
         if self.stream:
-            return out + b"event: image_generation.completed\ndata: {\"type\":\"" + _COMPLETED + b'","b64_json":"'
+            return out + self._event_head
         return out + (b'{"created":' + str(self.meta.created).encode() + b',"data":[' if self.images == 1 else b",") + (
             b'{"b64_json":"'
         )

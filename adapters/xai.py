@@ -41,6 +41,17 @@ Moderation comes three ways:
   (a stream's completed event for it may already have gone out: xAI sends no
   data for flagged images, so this is a fallback).
 
+Edits go to ``POST {base}/images/edits``, which takes JSON only (xAI's docs:
+the OpenAI SDK's multipart ``images.edit`` does not work there): the same
+fields as a generation, with the input image as ``image: {"url": data URI,
+"type": "image_url"}``, or up to three as ``images: [...]``, the base64 read
+from the spooled uploads as the body is sent. xAI documents no mask and no
+input fidelity: both go to the ``unsupported`` policy, as do more than three
+images. A JSON edit whose images are https URLs is refused (the gateway
+sends the bytes, it fetches nothing for a client). The answer is the
+generation's, tapped the same way, as ``image_edit.completed`` events when
+streamed. See docs/edits/xai.md.
+
 An answer with neither images nor a moderation signal is a protocol error.
 xAI answers a wrong key with HTTP 400 "Incorrect API key provided: xai-…":
 treated as a refused credential, and its words (part of the key) not echoed.
@@ -54,14 +65,15 @@ import msgspec
 
 from pixelgate.adapters.base import AdapterBase, bearer
 from pixelgate.adapters.capabilities import Capabilities
-from pixelgate.adapters.images_out import ImageMeta, ImagesWriter
+from pixelgate.adapters.images_out import EDIT_COMPLETED, ImageMeta, ImagesWriter
 from pixelgate.adapters.jsontap import Close, Open, Path
 from pixelgate.adapters.params import Policy, aspect_ratio, native_fields, parse_size, reported_size
 from pixelgate.adapters.provider_errors import auth_failed, error_message, malformed, moderation_blocked, provider_error
-from pixelgate.adapters.tapped import TappedTranslator
+from pixelgate.adapters.tapped import Piece, TappedTranslator, data_uri, edit_native_fields, json_object
 from pixelgate.core.errors import GatewayError, UpstreamProtocolError
-from pixelgate.core.request import ImageGenerationRequest
-from pixelgate.core.translator import Ending, Generation, ProviderSettings, UpstreamRequest
+from pixelgate.core.request import ImageRequest
+from pixelgate.core.translator import Edit, Ending, Generation, ProviderSettings, UpstreamRequest
+from pixelgate.core.upload import InputImage
 
 __all__ = ["XaiAdapter", "XaiOptions", "XaiTranslator"]
 
@@ -109,14 +121,20 @@ CAPABILITIES = Capabilities(
     qualities=QUALITIES,
     urls=True,
     formats=("jpeg",),
+    # xAI's edits take up to three images (grok-imagine-image-pro takes one,
+    # and xAI refuses more itself); xAI documents no mask or input fidelity.
+    edits=True,
+    max_edit_images=3,
     why={
         "quality": "xAI's qualities are low, medium and high",
         "moderation": "xAI's moderation cannot be relaxed",
+        "image": "xAI edits at most 3 input images at a time",
+        "mask": "xAI's edits take no mask (say in the prompt what to change)",
     },
 )
 
 
-def size_problems(req: ImageGenerationRequest, native: Mapping[str, object]) -> list[tuple[str, str]]:
+def size_problems(req: ImageRequest, native: Mapping[str, object]) -> list[tuple[str, str]]:
     """xAI takes pixel sizes it knows or aspect ratios: not a table's rule."""
     size = parse_size(req.size)
     if size is None or "aspect_ratio" in native or size_fields(size) is not None:
@@ -266,13 +284,39 @@ class XaiAdapter(AdapterBase[XaiOptions]):
 
     def setup(self, settings: ProviderSettings) -> None:
         self._url = self.base_url + "/images/generations"
+        self._edit_url = self.base_url + "/images/edits"
         self._headers = {"Content-Type": "application/json", **settings.headers, **bearer(settings.api_key)}
 
     def generation(self, g: Generation) -> XaiTranslator:
         request, body, upstream_model, request_id = g.request, g.body, g.upstream_model, g.request_id
         native = native_fields(body)
-        returns = self.options.output_format
         headers = self.settle(request, size_problems(request, native), own=("size",))
+        fields, urls, meta = self._fields(request, upstream_model, native)
+        call = UpstreamRequest("POST", self._url, {**self._headers, "X-Request-Id": request_id}, _encoder.encode(fields))
+        return XaiTranslator(self.name, call, ImagesWriter(request.streaming, meta), headers, urls)
+
+    def edit(self, e: Edit) -> XaiTranslator:
+        self.require_files(e)
+        request = e.request
+        # `image` is the gateway's to fill (with the uploads), not the client's.
+        native = edit_native_fields(e, exclude=frozenset({"image"}))
+        # As `own=("size",)` does for a generation: the table only describes
+        # size (its exact-ratio rule cannot read 9:19.5), size_problems judges it.
+        unsized = msgspec.structs.replace(e, request=msgspec.structs.replace(request, size=msgspec.UNSET))
+        headers = self.settle_edit(unsized, size_problems(request, native))
+        fields, urls, meta = self._fields(request, e.upstream_model, native)
+        # Under the drop policy, images past what xAI takes are left out.
+        images = e.images[: self.table.max_edit_images]
+        member = ("image", _image_ref(images[0])) if len(images) == 1 else ("images", _image_refs(images))
+        body = json_object([member], fields)
+        call = UpstreamRequest("POST", self._edit_url, {**self._headers, "X-Request-Id": e.request_id}, body)
+        writer = ImagesWriter(request.streaming, meta, event=EDIT_COMPLETED)
+        return XaiTranslator(self.name, call, writer, headers, urls)
+
+    def _fields(
+        self, request: ImageRequest, upstream_model: str, native: Mapping[str, object]
+    ) -> tuple[dict[str, object], bool, ImageMeta]:
+        """The body fields generations and edits share, whether URLs go back, and the reported meta."""
         fields: dict[str, object] = {"model": upstream_model, "prompt": request.prompt}
         if isinstance(request.n, int):
             fields["n"] = request.n
@@ -290,7 +334,18 @@ class XaiAdapter(AdapterBase[XaiOptions]):
             created=int(self.clock()),
             size=reported_size(request.size),
             quality=str(request.quality) if request.quality in QUALITIES else "auto",
-            output_format=returns,
+            output_format=self.options.output_format,
         )
-        call = UpstreamRequest("POST", self._url, {**self._headers, "X-Request-Id": request_id}, _encoder.encode(fields))
-        return XaiTranslator(self.name, call, ImagesWriter(request.streaming, meta), headers, urls)
+        return fields, urls, meta
+
+
+def _image_ref(image: InputImage) -> list[Piece]:
+    """One input image as xAI's edits take it: an image_url object around a data URI."""
+    return [b'{"url":', *data_uri(image), b',"type":"image_url"}']
+
+
+def _image_refs(images: tuple[InputImage, ...]) -> list[Piece]:
+    pieces: list[Piece] = [b"["]
+    for i, image in enumerate(images):
+        pieces += [b"," if i else b"", *_image_ref(image)]
+    return [*pieces, b"]"]

@@ -7,6 +7,7 @@ import openai
 import pytest
 
 from tests.providers.common import (
+    PNG,
     check_completed,
     gateway_for,
     png_size,
@@ -80,3 +81,14 @@ async def test_rate_limit_keeps_retry_after(imagen) -> None:
             await client.images.generate(model="img", prompt="a fox", stream=True)
     assert info.value.response.headers["retry-after"] == "3"
     assert "Quota exceeded" in info.value.message
+
+
+async def test_edit_is_unsupported_and_reaches_no_imagen(imagen) -> None:
+    # The generate models cannot edit (see adapters/imagen.py): a 400 the client can act on, no call.
+    gw, seen = await imagen()
+    async with sdk(gw) as client:
+        with pytest.raises(openai.BadRequestError) as info:
+            await client.images.edit(model="img", prompt="add a hat", image=("a.png", PNG, "image/png"))
+    assert (info.value.code, info.value.param) == ("unsupported_operation", "model")
+    assert "cannot edit images" in info.value.message
+    assert seen == []

@@ -3,10 +3,16 @@ speaking xAI's images API (aspect_ratio, data-URI base64, silent moderation)."""
 
 from __future__ import annotations
 
+import base64
+import io
+
+import aiohttp
 import openai
 import pytest
+from PIL import Image
 
 from tests.providers.common import (
+    PNG,
     check_completed,
     gateway_for,
     png_size,
@@ -106,3 +112,87 @@ async def test_unsupported_dropped_and_named(xai) -> None:
     assert raw.headers["x-pixelgate-dropped-params"] == "size,style"
     assert png_size(raw.parse().data[0].b64_json) == (64, 64)
     assert "size" not in seen[0]["body"] and "style" not in seen[0]["body"]
+
+
+# Edits: the SDK's multipart upload becomes xAI's JSON edit, the image a data
+# URI whose base64 the fake checks against the file sent.
+
+def _image(fmt: str, size: tuple[int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, (200, 90, 30)).save(out, fmt)
+    return out.getvalue()
+
+
+JPEG = _image("JPEG", (40, 32))
+WEBP = _image("WEBP", (24, 24))
+
+
+def _check_edit_completed(event) -> None:
+    assert event.type == "image_edit.completed"
+    for field in ("b64_json", "created_at", "size", "quality", "background", "output_format", "usage"):
+        assert getattr(event, field, None) is not None, field
+
+
+async def test_sdk_edit_without_stream(xai) -> None:
+    gw, seen = await xai(uploads=[(PNG, "image/png")])
+    async with sdk(gw) as client:
+        result = await client.images.edit(model="img", image=("fox.png", PNG, "image/png"), prompt="give it a hat",
+                                          size="1024x1536", n=2, quality="low", extra_body={"seed": 7})
+    assert [png_size(d.b64_json) for d in result.data] == [(64, 64), (64, 64)]
+    assert result.output_format == "png" and result.size == "1024x1536" and result.quality == "low"
+    (call,) = seen
+    assert call["path"] == "/v1/images/edits" and call["auth"] == "Bearer provider-secret" and call["sized"]
+    body = {k: v for k, v in call["body"].items() if k != "image"}
+    # The form's "7" reaches xAI as the number it is; "2" as n.
+    assert body == {"model": "grok-imagine-image", "prompt": "give it a hat", "n": 2, "aspect_ratio": "2:3",
+                    "quality": "low", "response_format": "b64_json", "seed": 7}
+
+
+async def test_sdk_edit_stream_three_images(xai) -> None:
+    uploads = [(PNG, "image/png"), (JPEG, "image/jpeg"), (WEBP, "image/webp")]
+    gw, seen = await xai(uploads=uploads)
+    async with sdk(gw) as client:
+        stream = await client.images.edit(
+            model="img", image=[("a.png", PNG, "image/png"), ("b.jpg", JPEG, "image/jpeg"), ("c.webp", WEBP, "image/webp")],
+            prompt="<IMAGE_0> in <IMAGE_1>'s hat on <IMAGE_2>'s sofa", stream=True,
+        )
+        events = [event async for event in stream]
+    assert [e.type for e in events] == ["image_edit.completed"]
+    _check_edit_completed(events[0])
+    assert png_size(events[0].b64_json) == (64, 64)
+    assert len(seen[0]["body"]["images"]) == 3 and "image" not in seen[0]["body"]
+
+
+async def test_json_edit_with_data_url(xai) -> None:
+    gw, seen = await xai(uploads=[(JPEG, "image/jpeg")])
+    url = "data:image/jpeg;base64," + base64.b64encode(JPEG).decode()
+    body = {"model": "img", "prompt": "at night", "images": [{"image_url": url}], "resolution": "2k"}
+    async with aiohttp.ClientSession() as session, session.post(gw.make_url("/v1/images/edits"), json=body) as resp:
+        assert resp.status == 200, await resp.text()
+        answer = await resp.json()
+    assert png_size(answer["data"][0]["b64_json"]) == (64, 64)
+    assert seen[0]["body"]["resolution"] == "2k" and seen[0]["body"]["image"]["type"] == "image_url"
+
+
+async def test_json_edit_with_https_url_is_refused_before_any_call(xai) -> None:
+    gw, seen = await xai()
+    body = {"model": "img", "prompt": "at night", "images": [{"image_url": "https://example.com/fox.png"}]}
+    async with aiohttp.ClientSession() as session, session.post(gw.make_url("/v1/images/edits"), json=body) as resp:
+        assert resp.status == 400
+        error = (await resp.json())["error"]
+    assert error["code"] == "unsupported_parameter" and error["param"] == "images"
+    assert seen == []
+
+
+@pytest.mark.parametrize("what", ["mask", "four images", "input_fidelity"])
+async def test_edit_refused_before_any_call(xai, what: str) -> None:
+    gw, seen = await xai()
+    image = ("a.png", PNG, "image/png")
+    kwargs = {"mask": {"mask": image}, "four images": {"image": [image] * 4},
+              "input_fidelity": {"input_fidelity": "high"}}[what]
+    async with sdk(gw) as client:
+        with pytest.raises(openai.BadRequestError) as info:
+            await client.images.edit(**{"model": "img", "image": image, "prompt": "p", **kwargs})
+    assert info.value.code == "unsupported_parameter"
+    assert info.value.param == {"mask": "mask", "four images": "image", "input_fidelity": "input_fidelity"}[what]
+    assert seen == []
