@@ -52,5 +52,9 @@ class DemoAdapter(AdapterBase[DemoOptions]):
         return OpenAITranslator(self.name, call, g.request.streaming)
 
     def edit(self, e: Edit) -> OpenAITranslator:
-        call = edit_call(self._url + "/images/edits", {**self._headers, "X-Client-Request-Id": e.request_id}, e)
+        # The in-process engine is handed a body and headers, no URL: this
+        # header tells it an edit from a generation (the standalone server
+        # goes by the URL, and ignores it).
+        headers = {**self._headers, "X-Demo-Operation": "edits", "X-Client-Request-Id": e.request_id}
+        call = edit_call(self._url + "/images/edits", headers, e)
         return OpenAITranslator(self.name, call, e.request.streaming, EDIT_COMPLETED)

@@ -13,7 +13,7 @@ import math
 import struct
 import zlib
 
-__all__ = ["encode_png", "partial_block", "render_png"]
+__all__ = ["encode_png", "partial_block", "pattern_rows", "render_png"]
 
 
 def partial_block(index: int, count: int) -> int:
@@ -38,6 +38,13 @@ def _palette(seed: bytes) -> tuple[bytes, bytes, bytes]:
 
 def render_png(prompt: str, width: int, height: int, block: int = 1) -> bytes:
     """A ``width`` x ``height`` PNG for ``prompt``, drawn in ``block``-pixel cells."""
+    rows = pattern_rows(prompt, width, height, block)
+    return encode_png(width, height, b"".join((b"\x00" + row) * min(block, height - i * block) for i, row in enumerate(rows)))
+
+
+def pattern_rows(prompt: str, width: int, height: int, block: int = 1) -> list[bytes]:
+    """The picture for ``prompt`` as RGB rows without filter bytes, one per
+    ``block`` rows (an edit blends it over its input)."""
     seed = hashlib.sha256(prompt.encode("utf-8")).digest()
     c1, c2, sun = _palette(seed)
     freq = 1.5 + seed[9] / 64  # colour bands across the picture
@@ -64,5 +71,5 @@ def render_png(prompt: str, width: int, height: int, block: int = 1) -> bytes:
             x0 = max(0, int(cx - half) // block * block)
             x1 = min(width, -(-int(cx + half) // block) * block)
             row = row[: x0 * 3] + sun * (x1 - x0) + row[x1 * 3 :]
-        rows.append((b"\x00" + row) * min(block, height - y))
-    return encode_png(width, height, b"".join(rows))
+        rows.append(row)
+    return rows
