@@ -3,7 +3,9 @@
 The gateway runs as a subprocess (``python -m pixelgate serve``, as users run it)
 with the demo provider made slow, so partial images arrive over time, and a
 fake OpenAI-compatible upstream (a plain ``http.server`` on loopback) for
-errors and for watching the upstream connection close. Playwright's sync API
+errors, for watching the upstream connection close, and for edits: it records
+the multipart form the gateway forwards (files byte for byte) and answers with
+the first image, its masked area filled. Playwright's sync API
 drives Debian's Chromium (``/usr/bin/chromium``; Playwright's own browser
 downloads are not used). The client's SSE parser has Node unit tests in
 ``tests/js/``, run here too so ``make test`` covers them.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -26,6 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -60,12 +64,20 @@ RATE_LIMIT_MESSAGE = "Rate limit exceeded for images per minute"
 MID_STREAM_MESSAGE = "The upstream image model crashed while drawing"
 
 
-def _png_b64(size: int = 64) -> str:
-    image = Image.new("RGB", (size, size))
-    image.putdata([(x * 4 % 256, y * 4 % 256, 160) for y in range(size) for x in range(size)])
+def _gradient(width: int, height: int) -> Image.Image:
+    image = Image.new("RGB", (width, height))
+    image.putdata([(x * 4 % 256, y * 4 % 256, 160) for y in range(height) for x in range(width)])
+    return image
+
+
+def _encoded(image: Image.Image, format: str = "PNG") -> bytes:
     out = io.BytesIO()
-    image.save(out, format="PNG")
-    return base64.b64encode(out.getvalue()).decode()
+    image.save(out, format=format)
+    return out.getvalue()
+
+
+def _png_b64(size: int = 64) -> str:
+    return base64.b64encode(_encoded(_gradient(size, size))).decode()
 
 
 def _event(kind: str, **fields: Any) -> bytes:
@@ -73,10 +85,70 @@ def _event(kind: str, **fields: Any) -> bytes:
     return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-PARTIAL = _event(
-    "image_generation.partial_image", b64_json=_png_b64(), partial_image_index=0, created_at=1,
-    size="64x64", quality="low", background="opaque", output_format="png",
-)
+def _partial(kind: str) -> bytes:
+    return _event(
+        f"{kind}.partial_image", b64_json=_png_b64(), partial_image_index=0, created_at=1,
+        size="64x64", quality="low", background="opaque", output_format="png",
+    )
+
+
+PARTIAL = _partial("image_generation")
+# What the fake upstream paints where the mask is transparent.
+EDIT_FILL = (20, 200, 60)
+
+
+@dataclass
+class Part:
+    name: str
+    filename: str | None
+    content_type: str | None
+    data: bytes
+
+
+def _multipart(content_type: str, body: bytes) -> list[Part]:
+    """Split a multipart/form-data body by its boundary: the exact bytes of each part."""
+    match = re.search(r'boundary="?([^";]+)"?', content_type)
+    assert match, content_type
+    delimiter = b"--" + match.group(1).encode()
+    assert body.startswith(delimiter + b"\r\n"), body[:80]
+    chunks = body[len(delimiter) :].split(b"\r\n" + delimiter)
+    assert chunks[-1] in (b"--\r\n", b"--"), chunks[-1][:80]
+    parts = []
+    for chunk in chunks[:-1]:
+        assert chunk.startswith(b"\r\n")
+        head, _, data = chunk[2:].partition(b"\r\n\r\n")
+        headers = head.decode()
+        disposition = re.search(r'name="([^"]*)"(?:; filename="([^"]*)")?', headers)
+        assert disposition, headers
+        type_ = re.search(r"(?im)^content-type:\s*(\S+)", headers)
+        parts.append(Part(disposition.group(1), disposition.group(2), type_.group(1) if type_ else None, data))
+    return parts
+
+
+@dataclass
+class EditSeen:
+    """An edit as the fake upstream received it from the gateway."""
+
+    path: str
+    fields: dict[str, str]
+    files: list[Part]
+
+
+def _edit_images(edit: EditSeen, count: int) -> tuple[list[bytes], bytes, str]:
+    """The fake edit: the first image with its masked area filled, and `count` partials, coarse to fine."""
+    with Image.open(io.BytesIO(edit.files[0].data)) as first:
+        final = first.convert("RGB")
+    masks = [part for part in edit.files if part.name == "mask"]
+    if masks:
+        with Image.open(io.BytesIO(masks[0].data)) as mask:
+            hole = mask.convert("RGBA").getchannel("A").point(lambda a: 255 if a == 0 else 0)
+        final.paste(EDIT_FILL, mask=hole)
+    width, height = final.size
+    partials = [
+        _encoded(final.resize((max(1, width // f), max(1, height // f))).resize(final.size, Image.Resampling.NEAREST))
+        for f in (16, 8, 4)[:count]
+    ]
+    return partials, _encoded(final), f"{width}x{height}"
 
 
 class FakeUpstream:
@@ -86,10 +158,15 @@ class FakeUpstream:
     - ``fails-mid-stream``: one partial image, then an ``event: error``.
     - ``hangs``: one partial image, then nothing until the gateway closes the
       connection; ``closed`` is set (and ``closed_at`` recorded) when it does.
+    - ``fake-edit`` (edits): ``partial_images`` partials 250 ms apart, then the
+      first image with its mask's transparent area painted ``EDIT_FILL``.
+
+    Edits (multipart) are recorded in ``edits``, their files' bytes as received.
     """
 
     def __init__(self) -> None:
         self.requests: list[str] = []
+        self.edits: list[EditSeen] = []
         self.closed = threading.Event()
         self.closed_at = 0.0
         upstream = self
@@ -99,8 +176,17 @@ class FakeUpstream:
                 pass
 
             def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-                model = body.get("model")
+                raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                content_type = self.headers.get("Content-Type", "")
+                edit = None
+                if content_type.startswith("multipart/form-data"):
+                    parts = _multipart(content_type, raw)
+                    fields = {p.name: p.data.decode() for p in parts if p.filename is None}
+                    edit = EditSeen(self.path, fields, [p for p in parts if p.filename is not None])
+                    upstream.edits.append(edit)
+                    model = fields.get("model")
+                else:
+                    model = json.loads(raw).get("model")
                 upstream.requests.append(model)
                 if model == "rate-limited":
                     envelope = {"error": {"message": RATE_LIMIT_MESSAGE, "type": "requests", "param": None, "code": "rate_limit_exceeded"}}
@@ -114,7 +200,19 @@ class FakeUpstream:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.end_headers()
-                self.wfile.write(PARTIAL)
+                kind = "image_generation" if edit is None else "image_edit"
+                if model == "fake-edit" and edit is not None:
+                    partials, final, size = _edit_images(edit, int(edit.fields.get("partial_images", "0")))
+                    meta = {"created_at": 1, "size": size, "quality": "low", "background": "opaque", "output_format": "png"}
+                    for index, png in enumerate(partials):
+                        b64 = base64.b64encode(png).decode()
+                        self.wfile.write(_event(f"{kind}.partial_image", b64_json=b64, partial_image_index=index, **meta))
+                        self.wfile.flush()
+                        time.sleep(0.25)
+                    usage = {"input_tokens": 1, "output_tokens": 1, "total_tokens": 2}
+                    self.wfile.write(_event(f"{kind}.completed", b64_json=base64.b64encode(final).decode(), usage=usage, **meta))
+                    return
+                self.wfile.write(_partial(kind))
                 self.wfile.flush()
                 if model == "fails-mid-stream":
                     time.sleep(0.3)
@@ -169,6 +267,7 @@ def gateway_url(fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFa
             "rate-limited": [{"provider": "fake"}],
             "fails-mid-stream": [{"provider": "fake"}],
             "hangs": [{"provider": "fake"}],
+            "fake-edit": [{"provider": "fake"}],
         },
         "routing": {"backoff_base": 0.01, "backoff_max": 0.05},
     }
@@ -426,3 +525,194 @@ def test_several_images_each_in_its_slot_and_a_screenshot(page: Any) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "playground.png"), full_page=True)
     assert (ARTIFACTS / "playground.png").stat().st_size > 10_000
+
+
+# Edit mode's inputs: a non-square PNG first (the mask must follow its own dimensions), then a JPEG.
+FIRST_PNG = _encoded(_gradient(320, 200))
+SECOND_JPEG = _encoded(_gradient(96, 128), "JPEG")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _edit_mode(page: Any) -> Any:
+    """Switch the form to Edit mode; returns its submit button."""
+    from playwright.sync_api import expect
+
+    page.get_by_role("radio", name="Edit").check()
+    button = page.get_by_role("button", name="Edit", exact=True)
+    expect(button).to_be_visible()
+    expect(page.get_by_role("button", name="Generate")).to_have_count(0)
+    return button
+
+
+def _page_png(page: Any, src: str) -> Image.Image:
+    """The image behind a data: URL the page shows, decoded by Pillow."""
+    b64 = page.evaluate(
+        """async (src) => {
+            const bytes = new Uint8Array(await (await fetch(src)).arrayBuffer());
+            let text = '';
+            for (const b of bytes) text += String.fromCharCode(b);
+            return btoa(text);
+        }""",
+        src,
+    )
+    image = Image.open(io.BytesIO(base64.b64decode(b64)))
+    image.load()
+    return image
+
+
+@needs_chromium
+def test_an_edit_sends_the_files_and_the_painted_mask_then_partials_sharpen(page: Any, fake_upstream: FakeUpstream) -> None:
+    from playwright.sync_api import expect
+
+    edit_button = _edit_mode(page)
+    page.get_by_label("Prompt").fill("A green stripe across the middle")
+    page.get_by_label("choose files").set_input_files([
+        {"name": "first.png", "mimeType": "image/png", "buffer": FIRST_PNG},
+        {"name": "second.jpg", "mimeType": "image/jpeg", "buffer": SECOND_JPEG},
+    ])
+    thumbs = page.locator("#inputs > li")
+    expect(thumbs).to_have_count(2)
+    expect(thumbs.nth(0).locator("img")).to_have_attribute("alt", "first.png, 320 × 200")
+    expect(thumbs.nth(1).locator("img")).to_have_attribute("alt", "second.jpg, 96 × 128")
+
+    # The mask canvas is the first image's own size, shown scaled over it: paint a stroke across its middle.
+    canvas = page.locator("#mask-canvas")
+    expect(canvas).to_be_visible()
+    assert canvas.evaluate("(c) => [c.width, c.height]") == [320, 200]
+    box = canvas.bounding_box()
+    assert box is not None
+    assert abs(box["width"] / box["height"] - 320 / 200) < 0.02, box
+    middle = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] * 0.25, middle)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.75, middle, steps=12)
+    page.mouse.up()
+    expect(canvas).to_have_attribute("data-painted", "true")
+    expect(page.get_by_role("button", name="Clear mask")).to_be_enabled()
+
+    _configure(page, model="fake-edit", size="auto", partials=3)
+    edits_before = len(fake_upstream.edits)
+    edit_button.click()
+
+    # Sample what the page displays until the final image is in.
+    samples: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        shown = page.evaluate(_SHOWN)
+        assert len(shown) <= 1, "one slot for n=1: partials replace each other in place"
+        if shown:
+            samples.append(shown[0])
+            if shown[0]["state"] == "final":
+                break
+        time.sleep(0.05)
+    assert samples and samples[-1]["state"] == "final", samples[-1:] or "nothing displayed"
+    first_final = next(i for i, s in enumerate(samples) if s["state"] == "final")
+    partials = samples[:first_final]
+    assert all(s["state"] == "partial" for s in partials)
+    distinct = list(dict.fromkeys(s["src"] for s in partials))
+    assert len(distinct) >= 2, f"{len(distinct)} distinct partial image(s) displayed before the final one"
+    indexes = [int(s["partial"]) for s in partials]
+    assert indexes == sorted(indexes) and len(set(indexes)) >= 2, indexes
+    expect(page.get_by_role("status")).to_contain_text("Done")
+    assert _seconds(page.locator("#t-partial").inner_text()) < _seconds(page.locator("#t-final").inner_text())
+
+    # What the upstream received: the fields, both files byte for byte, and a PNG mask of the first image's size.
+    assert len(fake_upstream.edits) == edits_before + 1
+    edit = fake_upstream.edits[-1]
+    assert edit.path == "/v1/images/edits"
+    assert edit.fields == {
+        "prompt": "A green stripe across the middle", "n": "1", "size": "auto", "quality": "auto",
+        "partial_images": "3", "model": "fake-edit", "stream": "true",
+    }
+    images = [part for part in edit.files if part.name != "mask"]
+    assert [(part.name, part.filename) for part in images] == [("image[]", "first.png"), ("image[]", "second.jpg")]
+    assert [_sha256(part.data) for part in images] == [_sha256(FIRST_PNG), _sha256(SECOND_JPEG)]
+    [mask] = [part for part in edit.files if part.name == "mask"]
+    assert mask.filename == "mask.png"
+    assert mask.data.startswith(b"\x89PNG\r\n\x1a\n")
+    with Image.open(io.BytesIO(mask.data)) as image:
+        assert image.format == "PNG"
+        assert image.size == (320, 200)
+        alpha = image.convert("RGBA").getchannel("A")
+    # Transparent along the stroke (x 80..240 at y 100, about 30 px wide), opaque away from it.
+    for x in (90, 160, 230):
+        assert alpha.getpixel((x, 100)) == 0, (x, 100)
+    for xy in ((5, 5), (314, 194), (160, 40), (160, 160), (30, 100), (290, 100)):
+        assert alpha.getpixel(xy) == 255, xy
+
+    # The final image: the first one with the stroke's area edited, shown at its own size.
+    final = samples[first_final]
+    assert final["src"] not in distinct
+    with _page_png(page, final["src"]) as image:
+        assert image.format == "PNG"
+        assert image.size == (320, 200)
+        assert image.convert("RGB").getpixel((160, 100)) == EDIT_FILL
+        assert image.convert("RGB").getpixel((5, 5)) == (20, 20, 160)
+    shown = page.evaluate(_SHOWN)[0]
+    assert (shown["width"], shown["height"]) == (320, 200)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "playground-edit.png"), full_page=True)
+
+    # The result can be the next edit's input.
+    page.get_by_role("button", name="Use as input").click()
+    expect(thumbs).to_have_count(3)
+    expect(thumbs.nth(2).locator("img")).to_have_attribute("alt", "pixelgate-1.png, 320 × 200")
+
+
+@needs_chromium
+def test_cancelling_an_edit_closes_the_upstream_request(page: Any, fake_upstream: FakeUpstream) -> None:
+    from playwright.sync_api import expect
+
+    fake_upstream.closed.clear()
+    edit_button = _edit_mode(page)
+    page.get_by_label("choose files").set_input_files([{"name": "only.png", "mimeType": "image/png", "buffer": FIRST_PNG}])
+    expect(page.locator("#inputs > li")).to_have_count(1)
+    _configure(page, model="hangs")
+    edit_button.click()
+    expect(page.locator("#images img[data-state='partial']")).to_be_visible()
+    assert not fake_upstream.closed.is_set()
+    # One image, no mask painted: one `image` part, as picked.
+    edit = fake_upstream.edits[-1]
+    assert [(part.name, part.filename, _sha256(part.data)) for part in edit.files] == [("image", "only.png", _sha256(FIRST_PNG))]
+    page.get_by_role("button", name="Cancel").click()
+    cancelled_at = time.monotonic()
+    assert fake_upstream.closed.wait(2), "the upstream connection was not closed within 2 s of Cancel"
+    assert fake_upstream.closed_at - cancelled_at < 2
+    expect(page.get_by_role("status")).to_have_text("Cancelled.")
+    expect(page.locator("#images figcaption")).to_contain_text("Cancelled")
+    expect(page.locator("#error")).to_be_empty()
+    expect(edit_button).to_be_enabled()
+
+
+@needs_chromium
+def test_edit_inputs_are_checked_on_the_page(page: Any, fake_upstream: FakeUpstream) -> None:
+    from playwright.sync_api import expect
+
+    requests_before = len(fake_upstream.requests)
+    edit_button = _edit_mode(page)
+    # No image yet: nothing is sent.
+    edit_button.click()
+    expect(page.get_by_role("alert")).to_contain_text("Add an image to edit first")
+
+    pngs = [{"name": f"in-{i}.png", "mimeType": "image/png", "buffer": _encoded(_gradient(8 + i, 8))} for i in range(17)]
+    page.get_by_label("choose files").set_input_files([*pngs, {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not an image"}])
+    thumbs = page.locator("#inputs > li")
+    expect(thumbs).to_have_count(16)
+    expect(page.get_by_role("status")).to_have_text(
+        "16 input images added; left out: 1 file that is not PNG, JPEG or WebP and 1 image over the limit of 16."
+    )
+    # The mask is for the first image; when it is removed, the next one is first, with a canvas of its size.
+    page.wait_for_function("() => document.getElementById('mask-canvas').width === 8")
+    page.get_by_role("button", name="Remove image 1 (in-0.png)").click()
+    expect(thumbs).to_have_count(15)
+    page.wait_for_function("() => document.getElementById('mask-canvas').width === 9")
+    expect(page.get_by_role("button", name="Remove image 1 (in-1.png)")).to_be_focused()
+    assert len(fake_upstream.requests) == requests_before
+
+    # Back to Generate: the edit fields go away, the button says Generate again.
+    page.get_by_role("radio", name="Generate").check()
+    expect(page.locator("#edit-fields")).to_be_hidden()
+    expect(page.get_by_role("button", name="Generate")).to_be_visible()

@@ -5,7 +5,7 @@
  * No dependencies, no build step; it runs in browsers and in Node >= 18.
  * Copy the file, or import it from a running gateway at `/static/pixelgate.js`.
  *
- *   import { streamImages, PixelgateError, imageDataUrl } from './pixelgate.js';
+ *   import { streamImages, editImages, PixelgateError, imageDataUrl } from './pixelgate.js';
  *
  *   const abort = new AbortController();
  *   try {
@@ -20,6 +20,15 @@
  *     if (abort.signal.aborted) return;  // cancelled: the request is closed
  *     show(err.message);                 // a PixelgateError: the OpenAI envelope's message
  *   }
+ *
+ * `editImages()` streams `POST /v1/images/edits` the same way, from files:
+ *
+ *   for await (const ev of editImages({
+ *     images: input.files,               // File, Blob, FileList or an array: up to 16
+ *     mask,                              // optional PNG Blob: transparent where to edit
+ *     body: { model: 'demo-image', prompt: 'add a red boat', partial_images: 2 },
+ *     signal: abort.signal,
+ *   })) img.src = imageDataUrl(ev.data);
  *
  * @module pixelgate
  */
@@ -196,7 +205,8 @@ export class PixelgateError extends Error {
 /**
  * An event's JSON object, as the server sent it (OpenAI's fields).
  * @typedef {object} ImageData
- * @property {string} [type]           "image_generation.partial_image" or "image_generation.completed".
+ * @property {string} [type]           "image_generation.partial_image" or "image_generation.completed";
+ *   "image_edit.partial_image" or "image_edit.completed" for edits.
  * @property {string} [b64_json]       The image, base64-encoded.
  * @property {number} [partial_image_index]
  * @property {string} [size]           "1024x1024", ...
@@ -208,7 +218,7 @@ export class PixelgateError extends Error {
  */
 
 /**
- * What `streamImages` yields. `image` is the 0-based image the event is for
+ * What `streamImages` and `editImages` yield. `image` is the 0-based image the event is for
  * (images stream one after the other: partials of an image, then its
  * completed event); `index` is a partial's `partial_image_index`.
  * @typedef {{type: 'partial', image: number, index: number, data: ImageData}} PartialEvent
@@ -248,6 +258,93 @@ export async function* streamImages({ body, signal, ...options }) {
     accept: 'text/event-stream',
     body: JSON.stringify({ ...body, stream: true }),
   });
+  yield* imageEvents(response, signal);
+}
+
+/**
+ * The input files of an edit: one `File` or `Blob`, or any iterable of them
+ * (an array, an `<input type=file>`'s `FileList`).
+ * @typedef {Blob | Iterable<Blob>} EditImages
+ */
+
+/**
+ * Edit images with `stream: true` (`POST /v1/images/edits`, as
+ * multipart/form-data) and yield the events as they arrive: the same events,
+ * errors, cancellation and end of stream as `streamImages`. Both
+ * `image_edit.*` and `image_generation.*` event types are accepted.
+ *
+ * One image is sent as the part `image`, several as repeated `image[]` parts,
+ * in order (as OpenAI's SDKs send them); each file's bytes go as they are,
+ * under its `name` when it is a `File` (a `Blob` gets "image-1.png", ...).
+ * The mask applies to the first image: a PNG of its dimensions whose
+ * transparent pixels mark where to edit. `body`'s values are sent as text
+ * fields: numbers as digits, booleans as "true"/"false"; `null` and
+ * `undefined` are left out.
+ *
+ * Throws a `TypeError` before any request when there is no image, when an
+ * image or the mask is not a `Blob`, or when a field's value is an object.
+ *
+ * @param {CallOptions & {images: EditImages, mask?: Blob | null, body: object}} options
+ *   `body`: the edit's fields (`prompt`, `model`, `n`, `size`, `quality`,
+ *   `partial_images`, `input_fidelity`, ...); `stream` is set for you.
+ * @returns {AsyncGenerator<ImageEvent, void, undefined>}
+ */
+export async function* editImages({ images, mask, body, signal, ...options }) {
+  const response = await request('images/edits', {
+    ...options,
+    signal,
+    method: 'POST',
+    accept: 'text/event-stream',
+    body: editForm(images, mask, { ...body, stream: true }),
+  });
+  yield* imageEvents(response, signal);
+}
+
+/**
+ * Generate images without streaming. Resolves to the ImagesResponse:
+ * `{created, data: [{b64_json}], size, quality, usage, ...}`.
+ * @param {CallOptions & {body: object}} options
+ * @returns {Promise<{created: number, data: Array<{b64_json?: string, url?: string}>, [key: string]: any}>}
+ */
+export async function generateImages({ body, ...options }) {
+  const response = await request('images/generations', {
+    ...options,
+    method: 'POST',
+    accept: 'application/json',
+    body: JSON.stringify({ ...body, stream: false }),
+  });
+  return readJson(response, options.signal);
+}
+
+/**
+ * The model names the server offers (`GET /v1/models`).
+ * @param {CallOptions} [options]
+ * @returns {Promise<string[]>}
+ */
+export async function listModels(options = {}) {
+  const response = await request('models', { ...options, method: 'GET', accept: 'application/json' });
+  const list = await readJson(response, options.signal);
+  return (list.data ?? []).map((/** @type {{id: string}} */ model) => model.id);
+}
+
+/**
+ * A `data:` URL for an event's or a response item's image, for `<img src>`.
+ * @param {ImageData} data
+ * @returns {string}
+ */
+export function imageDataUrl(data) {
+  const format = data.output_format === 'jpeg' || data.output_format === 'webp' ? data.output_format : 'png';
+  return `data:image/${format};base64,${data.b64_json ?? ''}`;
+}
+
+/**
+ * A 2xx answer to a streamed request, as image events: the SSE stream, or
+ * the ImagesResponse of a server that ignores `stream`.
+ * @param {Response} response
+ * @param {AbortSignal | undefined} signal
+ * @returns {AsyncGenerator<ImageEvent, void, undefined>}
+ */
+async function* imageEvents(response, signal) {
   if (!(response.headers.get('content-type') || '').includes('text/event-stream')) {
     // A server that ignores `stream`: one completed event per image.
     const { data = [], ...meta } = await readJson(response, signal);
@@ -306,53 +403,56 @@ export async function* streamImages({ body, signal, ...options }) {
 }
 
 /**
- * Generate images without streaming. Resolves to the ImagesResponse:
- * `{created, data: [{b64_json}], size, quality, usage, ...}`.
- * @param {CallOptions & {body: object}} options
- * @returns {Promise<{created: number, data: Array<{b64_json?: string, url?: string}>, [key: string]: any}>}
+ * The multipart body of an edit: the text fields in `fields`' order, then the
+ * images, then the mask.
+ * @param {EditImages} images
+ * @param {Blob | null | undefined} mask
+ * @param {Record<string, unknown>} fields
+ * @returns {FormData}
  */
-export async function generateImages({ body, ...options }) {
-  const response = await request('images/generations', {
-    ...options,
-    method: 'POST',
-    accept: 'application/json',
-    body: JSON.stringify({ ...body, stream: false }),
-  });
-  return readJson(response, options.signal);
+function editForm(images, mask, fields) {
+  const files = images instanceof Blob ? [images] : images != null && typeof images === 'object' && Symbol.iterator in images ? [...images] : null;
+  if (!files || files.length === 0) throw new TypeError('editImages needs `images`: at least one File or Blob.');
+  for (const [i, file] of files.entries()) {
+    if (!(file instanceof Blob)) throw new TypeError(`editImages: images[${i}] is not a File or Blob.`);
+  }
+  if (mask != null && !(mask instanceof Blob)) throw new TypeError('editImages: `mask` is not a Blob.');
+  const form = new FormData();
+  for (const [name, value] of Object.entries(fields)) {
+    if (value === null || value === undefined) continue;
+    if (typeof value === 'object') throw new TypeError(`editImages: \`${name}\` is an object; a form field takes text, a number or a boolean.`);
+    form.append(name, String(value));
+  }
+  const field = files.length > 1 ? 'image[]' : 'image';
+  for (const [i, file] of files.entries()) form.append(field, file, fileName(file, `image-${i + 1}`));
+  if (mask) form.append('mask', mask, fileName(mask, 'mask'));
+  return form;
 }
 
 /**
- * The model names the server offers (`GET /v1/models`).
- * @param {CallOptions} [options]
- * @returns {Promise<string[]>}
- */
-export async function listModels(options = {}) {
-  const response = await request('models', { ...options, method: 'GET', accept: 'application/json' });
-  const list = await readJson(response, options.signal);
-  return (list.data ?? []).map((/** @type {{id: string}} */ model) => model.id);
-}
-
-/**
- * A `data:` URL for an event's or a response item's image, for `<img src>`.
- * @param {ImageData} data
+ * A `File`'s own name, else `stem` with the extension its type suggests.
+ * @param {Blob} blob
+ * @param {string} stem
  * @returns {string}
  */
-export function imageDataUrl(data) {
-  const format = data.output_format === 'jpeg' || data.output_format === 'webp' ? data.output_format : 'png';
-  return `data:image/${format};base64,${data.b64_json ?? ''}`;
+function fileName(blob, stem) {
+  if (typeof File !== 'undefined' && blob instanceof File && blob.name) return blob.name;
+  const ext = { 'image/jpeg': 'jpg', 'image/webp': 'webp' }[blob.type] ?? 'png';
+  return `${stem}.${ext}`;
 }
 
 /**
  * Fetch `path` under `baseUrl`; resolve to the response if it is a 2xx.
  * @param {string} path
- * @param {CallOptions & {method: string, accept: string, body?: string}} options
+ * @param {CallOptions & {method: string, accept: string, body?: string | FormData}} options
+ *   A string body is JSON; a FormData one gets fetch's multipart Content-Type, with its boundary.
  * @returns {Promise<Response>}
  */
 async function request(path, { baseUrl = '/v1', apiKey, signal, fetch: fetchImpl = globalThis.fetch, method, accept, body }) {
   const url = `${String(baseUrl).replace(/\/+$/, '')}/${path}`;
   /** @type {Record<string, string>} */
   const headers = { Accept: accept };
-  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  if (typeof body === 'string') headers['Content-Type'] = 'application/json';
   if (apiKey && apiKey.trim()) headers.Authorization = `Bearer ${apiKey.trim()}`;
   let response;
   try {
@@ -462,8 +562,10 @@ function envelope(body) {
 function toImageEvent(name, data, image) {
   // The object's `type` is authoritative (the SDKs dispatch on it); `event:` may be absent.
   const kind = (data && typeof data.type === 'string' && data.type) || name;
-  if (kind === 'image_generation.partial_image') return { type: 'partial', image, index: data.partial_image_index ?? 0, data };
-  if (kind === 'image_generation.completed') return { type: 'completed', image, data };
+  if (kind === 'image_generation.partial_image' || kind === 'image_edit.partial_image') {
+    return { type: 'partial', image, index: data.partial_image_index ?? 0, data };
+  }
+  if (kind === 'image_generation.completed' || kind === 'image_edit.completed') return { type: 'completed', image, data };
   return { type: 'other', name: kind, image, data };
 }
 

@@ -1,15 +1,24 @@
 /**
  * The playground page: one form that streams images through this gateway
- * with the browser client in pixelgate.js.
+ * with the browser client in pixelgate.js, in two modes: Generate
+ * (`streamImages`) and Edit (`editImages`: input images, picked or dropped,
+ * and an optional mask painted over the first one).
  *
  * All state lives in the one `Playground` instance, the API key included:
  * it is read from its field when a request starts and is never stored or
- * put in a URL.
+ * put in a URL. Input images stay in page memory as object URLs.
  *
  * @module playground
  */
 
-import { PixelgateError, imageDataUrl, listModels, streamImages } from './pixelgate.js';
+import { PixelgateError, editImages, imageDataUrl, listModels, streamImages } from './pixelgate.js';
+
+/** The most input images an edit takes (OpenAI's limit, the gateway's too). */
+const MAX_INPUTS = 16;
+/** The input formats edits take. */
+const INPUT_TYPES = new Set(['image/png', 'image/jpeg', 'image/webp']);
+/** The brush's colour on screen; only its alpha matters for the mask. */
+const BRUSH_COLOR = '#ff3d7f';
 
 /**
  * Create an element with properties and children.
@@ -46,6 +55,15 @@ function dimensions(size) {
 }
 
 /**
+ * @param {number} count
+ * @param {string} noun  Singular.
+ * @returns {string}
+ */
+function plural(count, noun) {
+  return `${count} ${noun}${count === 1 ? '' : 's'}`;
+}
+
+/**
  * One image's place on the page: each partial replaces the previous one in
  * it, then the final image replaces the last partial.
  */
@@ -55,17 +73,20 @@ class Slot {
    * @param {number} count  Images requested.
    * @param {string} size   The requested size ("auto" or "WxH").
    * @param {string} prompt
+   * @param {(file: File) => void} reuse  Takes the final image as an edit's input.
    */
-  constructor(index, count, size, prompt) {
+  constructor(index, count, size, prompt, reuse) {
     this.name = count > 1 ? `Image ${index + 1} of ${count}` : 'Image';
     this.prompt = prompt.length > 120 ? `${prompt.slice(0, 117)}…` : prompt;
     this.img = el('img', { alt: '', decoding: 'async', hidden: true });
     this.badge = el('span', { className: 'badge' });
     this.frame = el('div', { className: 'frame' }, this.img, this.badge);
     this.caption = el('span', {}, `${this.name}: waiting…`);
+    this.reuse = el('button', { type: 'button', className: 'reuse', hidden: true }, 'Use as input');
+    this.reuse.addEventListener('click', () => void this.#reuse(reuse));
     this.link = el('a', { className: 'download', hidden: true, download: `pixelgate-${index + 1}.png` }, 'Download');
     this.item = el('li', { className: 'slot', dataset: { state: 'waiting' } },
-      el('figure', {}, this.frame, el('figcaption', {}, this.caption, this.link)));
+      el('figure', {}, this.frame, el('figcaption', {}, this.caption, this.reuse, this.link)));
     this.#resize(size);
   }
 
@@ -95,6 +116,7 @@ class Slot {
     this.link.href = this.img.src;
     this.link.download = this.link.download.replace(/\.\w+$/, `.${data.output_format || 'png'}`);
     this.link.hidden = false;
+    this.reuse.hidden = false;
   }
 
   /**
@@ -133,9 +155,280 @@ class Slot {
     const dims = dimensions(size);
     if (dims) this.frame.style.aspectRatio = `${dims[0]} / ${dims[1]}`;
   }
+
+  /**
+   * The final image as a file, for the next edit.
+   * @param {(file: File) => void} reuse
+   */
+  async #reuse(reuse) {
+    const blob = await (await fetch(this.img.src)).blob();
+    reuse(new File([blob], this.link.download, { type: blob.type }));
+  }
 }
 
-/** The page controller: form, model list, one run at a time. */
+/**
+ * One input image of an edit: the file as picked (sent byte for byte), its
+ * object URL for the thumbnails, and its dimensions once decoded.
+ */
+class InputImage {
+  /** @param {File} file */
+  constructor(file) {
+    this.file = file;
+    this.url = URL.createObjectURL(file);
+    this.img = el('img', { src: this.url, alt: '', decoding: 'async' });
+    /** @type {[number, number] | null} Null until decoded, and if the browser cannot decode it. */
+    this.dims = null;
+    /** Resolves when the dimensions are known (or known to be unknowable). */
+    this.ready = this.img.decode().then(
+      () => {
+        this.dims = [this.img.naturalWidth, this.img.naturalHeight];
+        this.img.alt = `${file.name}, ${this.dims[0]} × ${this.dims[1]}`;
+      },
+      () => {
+        this.img.alt = `${file.name} (this browser cannot show it)`;
+      },
+    );
+  }
+
+  release() {
+    URL.revokeObjectURL(this.url);
+  }
+}
+
+/** The edit's input images, as thumbnails with a remove button each. */
+class InputList {
+  /** @type {InputImage[]} */
+  #items = [];
+
+  /**
+   * @param {HTMLOListElement} list
+   * @param {() => void} changed  Called after every change.
+   */
+  constructor(list, changed) {
+    this.list = list;
+    this.changed = changed;
+  }
+
+  /** @returns {File[]} In order: the first is the one the mask is for. */
+  get files() {
+    return this.#items.map((item) => item.file);
+  }
+
+  /** @returns {InputImage | null} */
+  get first() {
+    return this.#items[0] ?? null;
+  }
+
+  /**
+   * Add image files after the ones there; anything else, and anything past
+   * the 16th, is left out.
+   * @param {Iterable<File>} files
+   * @returns {{added: number, notImages: number, overLimit: number}}
+   */
+  add(files) {
+    let added = 0;
+    let notImages = 0;
+    let overLimit = 0;
+    for (const file of files) {
+      if (!INPUT_TYPES.has(file.type)) notImages += 1;
+      else if (this.#items.length >= MAX_INPUTS) overLimit += 1;
+      else {
+        this.#items.push(new InputImage(file));
+        added += 1;
+      }
+    }
+    if (added) this.#render();
+    return { added, notImages, overLimit };
+  }
+
+  /** @param {number} index */
+  remove(index) {
+    const [item] = this.#items.splice(index, 1);
+    item?.release();
+    this.#render();
+    // Keep keyboard focus in the list: on the next remove button, or the one before.
+    const buttons = this.list.querySelectorAll('button');
+    /** @type {HTMLElement | null} */ (buttons[Math.min(index, buttons.length - 1)] ?? null)?.focus();
+  }
+
+  #render() {
+    this.list.replaceChildren(...this.#items.map((item, i) => {
+      const remove = el('button', { type: 'button', className: 'remove', title: 'Remove' }, '×');
+      remove.setAttribute('aria-label', `Remove image ${i + 1} (${item.file.name})`);
+      remove.addEventListener('click', () => this.remove(i));
+      const children = [item.img, remove];
+      if (i === 0) children.push(el('span', { className: 'first' }, '1st'));
+      return el('li', { title: item.file.name }, ...children);
+    }));
+    this.changed();
+  }
+}
+
+/**
+ * A brush over the first input image. The canvas has the image's own
+ * width and height, so the strokes are in image pixels whatever the page's
+ * zoom; `maskBlob()` turns them into the edit's mask: a PNG of that size,
+ * opaque where nothing was painted and transparent where the brush went.
+ */
+class MaskPainter {
+  /** @type {InputImage | null} The image to paint on, once it is decoded. */
+  #wanted = null;
+  /** @type {InputImage | null} The image the strokes are for: shown and decoded. */
+  #image = null;
+  /** @type {{x: number, y: number} | null} The stroke's last point, while the pointer is down. */
+  #last = null;
+  #painted = false;
+
+  /**
+   * @param {object} parts
+   * @param {HTMLElement} parts.field  Shown when there is an image to paint on.
+   * @param {HTMLElement} parts.stage
+   * @param {HTMLImageElement} parts.img
+   * @param {HTMLCanvasElement} parts.canvas
+   * @param {HTMLInputElement} parts.brush  Its value: the brush's width in CSS pixels.
+   * @param {HTMLButtonElement} parts.clear
+   */
+  constructor({ field, stage, img, canvas, brush, clear }) {
+    this.field = field;
+    this.stage = stage;
+    this.img = img;
+    this.canvas = canvas;
+    this.brush = brush;
+    this.clear = clear;
+    const ctx = canvas.getContext('2d');
+    if (!ctx) throw new Error('This browser has no 2D canvas.');
+    this.ctx = ctx;
+    canvas.addEventListener('pointerdown', (event) => {
+      if (event.button !== 0 || !this.#image) return;
+      event.preventDefault();
+      canvas.setPointerCapture(event.pointerId);
+      this.#last = this.#point(event);
+      this.#dot(this.#last);
+    });
+    canvas.addEventListener('pointermove', (event) => {
+      if (!this.#last) return;
+      for (const e of event.getCoalescedEvents?.() ?? [event]) {
+        const point = this.#point(e);
+        this.#line(this.#last, point);
+        this.#last = point;
+      }
+    });
+    const end = () => {
+      this.#last = null;
+    };
+    canvas.addEventListener('pointerup', end);
+    canvas.addEventListener('pointercancel', end);
+    clear.addEventListener('click', () => this.#reset());
+  }
+
+  /** True when a mask will be sent. */
+  get painted() {
+    return this.#painted;
+  }
+
+  /**
+   * Paint over `image` (the first input) from now on; strokes made for
+   * another image are dropped, since a mask has its image's dimensions.
+   * @param {InputImage | null} image
+   */
+  async show(image) {
+    if (image === this.#wanted) return;
+    this.#wanted = image;
+    this.#image = null;
+    this.#reset();
+    this.field.hidden = true;
+    if (!image) return;
+    await image.ready;
+    // Another image may have become the first while this one decoded.
+    if (this.#wanted !== image || !image.dims) return;
+    this.#image = image;
+    const [width, height] = image.dims;
+    this.img.src = image.url;
+    this.canvas.width = width;
+    this.canvas.height = height;
+    this.stage.style.setProperty('--ratio', String(width / height));
+    this.field.hidden = false;
+  }
+
+  /** @returns {Promise<Blob | null>} The mask PNG, or null when nothing is painted. */
+  async maskBlob() {
+    if (!this.#painted) return null;
+    const { width, height } = this.canvas;
+    const mask = el('canvas', { width, height });
+    const ctx = mask.getContext('2d');
+    if (!ctx) throw new Error('This browser has no 2D canvas.');
+    ctx.fillStyle = '#000';
+    ctx.fillRect(0, 0, width, height);
+    // Wherever the brush went, the mask becomes transparent: that is where to edit.
+    ctx.globalCompositeOperation = 'destination-out';
+    ctx.drawImage(this.canvas, 0, 0);
+    return new Promise((resolve, reject) => {
+      mask.toBlob((blob) => (blob ? resolve(blob) : reject(new Error('The mask could not be encoded as PNG.'))), 'image/png');
+    });
+  }
+
+  /**
+   * A pointer event's position in image pixels.
+   * @param {PointerEvent} event
+   * @returns {{x: number, y: number}}
+   */
+  #point(event) {
+    const box = this.canvas.getBoundingClientRect();
+    return {
+      x: ((event.clientX - box.left) / box.width) * this.canvas.width,
+      y: ((event.clientY - box.top) / box.height) * this.canvas.height,
+    };
+  }
+
+  /** The brush width in image pixels: the slider's CSS pixels, scaled. */
+  #width() {
+    const box = this.canvas.getBoundingClientRect();
+    return Number(this.brush.value) * (box.width ? this.canvas.width / box.width : 1);
+  }
+
+  /** @param {{x: number, y: number}} at */
+  #dot(at) {
+    const { ctx } = this;
+    ctx.fillStyle = BRUSH_COLOR;
+    ctx.beginPath();
+    ctx.arc(at.x, at.y, this.#width() / 2, 0, 2 * Math.PI);
+    ctx.fill();
+    this.#mark();
+  }
+
+  /**
+   * @param {{x: number, y: number}} from
+   * @param {{x: number, y: number}} to
+   */
+  #line(from, to) {
+    const { ctx } = this;
+    ctx.strokeStyle = BRUSH_COLOR;
+    ctx.lineWidth = this.#width();
+    ctx.lineCap = 'round';
+    ctx.lineJoin = 'round';
+    ctx.beginPath();
+    ctx.moveTo(from.x, from.y);
+    ctx.lineTo(to.x, to.y);
+    ctx.stroke();
+    this.#mark();
+  }
+
+  #mark() {
+    this.#painted = true;
+    this.clear.disabled = false;
+    this.canvas.dataset.painted = 'true';
+  }
+
+  #reset() {
+    this.ctx.clearRect(0, 0, this.canvas.width, this.canvas.height);
+    this.#painted = false;
+    this.#last = null;
+    this.clear.disabled = true;
+    delete this.canvas.dataset.painted;
+  }
+}
+
+/** The page controller: form, mode, model list, one run at a time. */
 class Playground {
   /** @type {AbortController | null} The running request's; null when idle. */
   #running = null;
@@ -156,18 +449,57 @@ class Playground {
     /** @type {HTMLInputElement} */ this.n = $('n');
     /** @type {HTMLSelectElement} */ this.partials = $('partial-images');
     /** @type {HTMLInputElement} */ this.apiKey = $('api-key');
-    /** @type {HTMLButtonElement} */ this.generateButton = $('generate');
+    /** @type {HTMLButtonElement} */ this.submitButton = $('generate');
     /** @type {HTMLButtonElement} */ this.cancelButton = $('cancel');
+    /** @type {HTMLElement} */ this.promptVerb = $('prompt-verb');
+    /** @type {HTMLElement} */ this.editFields = $('edit-fields');
+    /** @type {HTMLInputElement} */ this.fileInput = $('edit-files');
+    /** @type {HTMLElement} */ this.dropzone = $('dropzone');
     /** @type {HTMLElement} */ this.status = $('status');
     /** @type {HTMLElement} */ this.error = $('error');
     /** @type {HTMLElement} */ this.firstPartial = $('t-partial');
     /** @type {HTMLElement} */ this.finalLabel = $('t-final-label');
     /** @type {HTMLElement} */ this.finalTime = $('t-final');
     /** @type {HTMLOListElement} */ this.images = $('images');
+    /** @type {'generate' | 'edit'} */
+    this.mode = 'generate';
+    this.mask = new MaskPainter({
+      field: $('mask-field'), stage: $('mask-stage'), img: $('mask-image'), canvas: $('mask-canvas'), brush: $('brush'), clear: $('clear-mask'),
+    });
+    this.inputs = new InputList($('inputs'), () => void this.mask.show(this.inputs.first));
 
     this.form.addEventListener('submit', (event) => {
       event.preventDefault();
-      void this.generate();
+      void (this.mode === 'edit' ? this.edit() : this.generate());
+    });
+    for (const radio of this.form.querySelectorAll('input[name="mode"]')) {
+      radio.addEventListener('change', () => this.#setMode(/** @type {HTMLInputElement} */ (radio).value === 'edit' ? 'edit' : 'generate'));
+    }
+    this.fileInput.addEventListener('change', () => {
+      this.#addInputs([...(this.fileInput.files ?? [])]);
+      this.fileInput.value = ''; // picking the same file again is a change too
+    });
+    // Images dropped or pasted anywhere on the page become inputs (and never navigate away from it).
+    doc.addEventListener('dragover', (event) => {
+      if (!event.dataTransfer?.types.includes('Files')) return;
+      event.preventDefault();
+      event.dataTransfer.dropEffect = 'copy';
+      this.dropzone.classList.add('dragging');
+    });
+    doc.addEventListener('dragleave', (event) => {
+      if (!event.relatedTarget) this.dropzone.classList.remove('dragging');
+    });
+    doc.addEventListener('drop', (event) => {
+      if (!event.dataTransfer?.types.includes('Files')) return;
+      event.preventDefault();
+      this.dropzone.classList.remove('dragging');
+      this.#addInputs([...event.dataTransfer.files]);
+    });
+    doc.addEventListener('paste', (event) => {
+      const files = [...(event.clipboardData?.files ?? [])];
+      if (files.length === 0) return;
+      event.preventDefault();
+      this.#addInputs(files);
     });
     this.cancelButton.addEventListener('click', () => this.cancel());
     this.prompt.addEventListener('keydown', (event) => {
@@ -200,40 +532,86 @@ class Playground {
 
   /** Start a streamed generation with the form's values. */
   async generate() {
+    const request = this.#request();
+    if (!request) return;
+    const { body } = request;
+    await this.#run(request, `Generating ${body.n > 1 ? `${body.n} images` : 'an image'}…`, (signal) =>
+      streamImages({ baseUrl: this.baseUrl, apiKey: this.apiKey.value, body, signal }));
+  }
+
+  /** Start a streamed edit of the input images, with the mask if one is painted. */
+  async edit() {
     if (this.#running) return;
+    const files = this.inputs.files;
+    if (files.length === 0) {
+      this.#showError(new Error('Add an image to edit first: drop one, paste one or choose files.'));
+      this.fileInput.focus();
+      return;
+    }
+    const request = this.#request();
+    if (!request) return;
+    const { body } = request;
+    const masked = this.mask.painted;
+    const what = `${files.length > 1 ? plural(files.length, 'image') : 'the image'}${masked ? ' with a mask' : ''}`;
+    const into = body.n > 1 ? ` into ${body.n} images` : '';
+    const mask = this.mask;
+    const options = { baseUrl: this.baseUrl, apiKey: this.apiKey.value, images: files, body };
+    await this.#run(request, `Editing ${what}${into}…`, async function* (signal) {
+      yield* editImages({ ...options, mask: masked ? await mask.maskBlob() : null, signal });
+    });
+  }
+
+  /**
+   * The fields both modes send, from the form; null (with the reason shown) when the prompt is empty.
+   * @returns {{prompt: string, size: string, partials: number, body: {prompt: string, n: number, size: string, quality: string, partial_images: number, model?: string}} | null}
+   */
+  #request() {
+    if (this.#running) return null;
     const prompt = this.prompt.value.trim();
     if (!prompt) {
       this.#showError(new Error('Enter a prompt first.'));
       this.prompt.focus();
-      return;
+      return null;
     }
     const n = Math.min(10, Math.max(1, Math.round(Number(this.n.value)) || 1));
     const partials = Number(this.partials.value);
     const size = this.size.value;
-    /** @type {Record<string, unknown>} */
+    /** @type {{prompt: string, n: number, size: string, quality: string, partial_images: number, model?: string}} */
     const body = { prompt, n, size, quality: this.quality.value, partial_images: partials };
     if (this.model.value) body.model = this.model.value;
+    return { prompt, size, partials, body };
+  }
 
+  /**
+   * Run one streamed request: a slot per image, partials sharpening in them, timings, cancel.
+   * @param {{prompt: string, size: string, partials: number, body: {n: number}}} request
+   * @param {string} starting  The status while it runs.
+   * @param {(signal: AbortSignal) => AsyncIterable<import('./pixelgate.js').ImageEvent>} stream
+   */
+  async #run({ prompt, size, partials, body: { n } }, starting, stream) {
+    if (this.#running) return;
     const abort = new AbortController();
     this.#setRunning(abort);
     this.#clearError();
     this.firstPartial.textContent = '–';
     this.finalTime.textContent = '–';
     this.finalLabel.textContent = n > 1 ? `All ${n} images` : 'Final image';
-    const slots = Array.from({ length: n }, (_, i) => new Slot(i, n, size, prompt));
+    /** @param {File} file */
+    const reuse = (file) => this.#reuse(file);
+    const slots = Array.from({ length: n }, (_, i) => new Slot(i, n, size, prompt, reuse));
     this.images.replaceChildren(...slots.map((slot) => slot.item));
-    this.#say(`Generating ${n > 1 ? `${n} images` : 'an image'}…`);
+    this.#say(starting);
 
     const started = performance.now();
     let firstPartial = false;
     let done = 0;
     try {
-      for await (const event of streamImages({ baseUrl: this.baseUrl, apiKey: this.apiKey.value, body, signal: abort.signal })) {
+      for await (const event of stream(abort.signal)) {
         const ms = performance.now() - started;
         if (event.type === 'other') continue;
         // A server may send more images than asked for: give them slots too.
         while (event.image >= slots.length) {
-          slots.push(new Slot(slots.length, slots.length + 1, size, prompt));
+          slots.push(new Slot(slots.length, slots.length + 1, size, prompt, reuse));
           this.images.append(slots[slots.length - 1].item);
         }
         const slot = slots[event.image];
@@ -272,15 +650,48 @@ class Playground {
     this.#running?.abort();
   }
 
+  /** @param {'generate' | 'edit'} mode */
+  #setMode(mode) {
+    this.mode = mode;
+    this.form.dataset.mode = mode;
+    this.editFields.hidden = mode !== 'edit';
+    this.submitButton.textContent = mode === 'edit' ? 'Edit' : 'Generate';
+    this.promptVerb.textContent = mode === 'edit' ? 'edits' : 'generates';
+    /** @type {HTMLInputElement} */ (this.form.querySelector(`#mode-${mode}`)).checked = true;
+  }
+
+  /**
+   * Add files as the edit's input images, in Edit mode, and say what was left out.
+   * @param {File[]} files
+   */
+  #addInputs(files) {
+    if (files.length === 0) return;
+    this.#setMode('edit');
+    const { added, notImages, overLimit } = this.inputs.add(files);
+    const left = [];
+    if (notImages) left.push(`${plural(notImages, 'file')} that ${notImages === 1 ? 'is' : 'are'} not PNG, JPEG or WebP`);
+    if (overLimit) left.push(`${plural(overLimit, 'image')} over the limit of ${MAX_INPUTS}`);
+    if (!this.#running) this.#say(`${plural(added, 'input image')} added${left.length ? `; left out: ${left.join(' and ')}` : ''}.`);
+  }
+
+  /**
+   * A final image, taken as the next edit's input.
+   * @param {File} file
+   */
+  #reuse(file) {
+    this.#addInputs([file]);
+    this.prompt.focus();
+  }
+
   /** @param {AbortController | null} abort */
   #setRunning(abort) {
     const focusWasOn = this.form.ownerDocument.activeElement;
     this.#running = abort;
-    this.generateButton.disabled = abort !== null;
+    this.submitButton.disabled = abort !== null;
     this.cancelButton.disabled = abort === null;
     // Keep keyboard focus on a usable button as they swap.
-    if (abort && focusWasOn === this.generateButton) this.cancelButton.focus();
-    if (!abort && focusWasOn === this.cancelButton) this.generateButton.focus();
+    if (abort && focusWasOn === this.submitButton) this.cancelButton.focus();
+    if (!abort && focusWasOn === this.cancelButton) this.submitButton.focus();
   }
 
   /** @param {string} text */
