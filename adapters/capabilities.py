@@ -195,11 +195,17 @@ def _cell(values: tuple[str, ...] | None, everything: str = "any (passed through
     return ", ".join(values) if values else "—"
 
 
+def _edits(c: Capabilities) -> str:
+    if not c.edits:
+        return "—"
+    return f"≤ {c.max_edit_images}" + (", mask" if c.mask else "")
+
+
 def markdown(tables: Iterable[tuple[str, Capabilities]]) -> str:
     """The README's table: one row per adapter (its default options)."""
     rows = [
-        "| adapter | n | size | quality | style | transparent | `url` | output_format | compression | moderation `low` | streaming |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| adapter | n | size | quality | style | transparent | `url` | output_format | compression | moderation `low` | streaming | edits: images, mask |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     yes = {True: "yes", False: "—"}
     for name, c in tables:
@@ -208,6 +214,6 @@ def markdown(tables: Iterable[tuple[str, Capabilities]]) -> str:
         compression = {"any": "yes", "jpeg": "jpeg only", "none": "—"}[c.compression]
         rows.append(
             f"| `{name}` | {n} | {size} | {_cell(c.qualities)} | {yes[c.style]} | {yes[c.transparent]} | {yes[c.urls]} "
-            f"| {_cell(c.formats)} | {compression} | {yes[c.moderation_low]} | {c.streaming} |"
+            f"| {_cell(c.formats)} | {compression} | {yes[c.moderation_low]} | {c.streaming} | {_edits(c)} |"
         )
     return "\n".join(rows) + "\n"

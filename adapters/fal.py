@@ -36,24 +36,49 @@ on fal's side (``error`` and ``error_type`` in the COMPLETED status, e.g.
 ``request_timeout``, ``runner_disconnected``) is an ``upstream_error``; other
 failures are read from the result call's HTTP error. fal bills per image and
 reports no tokens; the relay counts the images.
+
+Edits go to an edit app (``fal-ai/flux-pro/kontext``, ``fal-ai/nano-banana/edit``,
+``fal-ai/flux-pro/v1/fill``, …) the same way, with the same mapping: the
+images and the mask become inputs of the app's JSON as ``data:`` URIs (fal
+takes them wherever it takes a file URL), encoded from the spooled uploads as
+the body is sent. Which inputs an app takes differs per app, so they are
+options (``edit_inputs``): ``image_urls`` (a list, the default: the newer
+edit apps) or ``image_url`` (one image: Kontext, image-to-image, fill), and
+``mask_url`` for inpainting apps (no mask by default: the app's mask
+convention is its own, see docs/edits/fal.md). What is not configured is
+refused by the capability table before fal is called; ``edit_inputs: null``
+refuses edits altogether. Completed events are ``image_edit.completed``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Annotated, Literal
 
 import msgspec
+from msgspec import Meta
 
 from pixelgate.adapters.base import AdapterBase
 from pixelgate.adapters.capabilities import Capabilities
-from pixelgate.adapters.fetched import FetchingTranslator, FetchOptions, Polling, Step
-from pixelgate.adapters.images_out import ImageMeta, ImagesWriter
+from pixelgate.adapters.fetched import (
+    FetchingTranslator,
+    FetchOptions,
+    FileInput,
+    Polling,
+    Step,
+    edit_native_fields,
+    json_with_files,
+    streamed,
+)
+from pixelgate.adapters.images_out import EDIT_COMPLETED, GENERATION_COMPLETED, ImageMeta, ImagesWriter
 from pixelgate.adapters.params import native_fields, parse_size, reported_size
 from pixelgate.adapters.provider_errors import error_message, malformed, moderation_blocked, provider_error
 from pixelgate.core.errors import GatewayError, UpstreamProtocolError
-from pixelgate.core.translator import Generation, Guard, ProviderSettings, UpstreamRequest
+from pixelgate.core.request import ImageRequest
+from pixelgate.core.translator import Edit, Generation, Guard, ProviderSettings, Translator, UpstreamRequest
+from pixelgate.core.upload import StreamedBody
 
-__all__ = ["FalAdapter", "FalOptions"]
+__all__ = ["FalAdapter", "FalEditInputs", "FalOptions"]
 
 DEFAULT_URL = "https://queue.fal.run"
 POLL_HOSTS = ("queue.fal.run", "*.fal.run")
@@ -64,8 +89,22 @@ _POLICY = "content_policy_violation"
 _NAMESPACES = frozenset({"workflows", "comfy"})
 
 
+class FalEditInputs(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Where an edit app takes its inputs (fal's apps differ)."""
+
+    # The images: a list of URIs (`image_urls`: nano-banana's and Seedream's edit
+    # apps) or one URI (`image_url`: FLUX Kontext, FLUX image-to-image, FLUX Fill).
+    image: Literal["image_url", "image_urls"] = "image_urls"
+    # The mask (inpainting apps: `mask_url`); null: the app takes none, a mask is refused.
+    mask: Literal["mask_url"] | None = None
+
+
 class FalOptions(FetchOptions, forbid_unknown_fields=True):
-    pass
+    # null: the apps behind this provider cannot edit (edits are refused).
+    edit_inputs: FalEditInputs | None = msgspec.field(default_factory=FalEditInputs)
+    # Most input images an edit may send to `image_urls` (apps' own limits
+    # differ; the default leaves it to the app); `image_url` takes one.
+    max_edit_images: Annotated[int, Meta(ge=1, le=16)] = 16
 
 
 CAPABILITIES = Capabilities(
@@ -78,8 +117,26 @@ CAPABILITIES = Capabilities(
         "quality": "fal has no quality setting (use the app's native `num_inference_steps`)",
         "background": "fal's image apps cannot make transparent backgrounds",
         "moderation": "fal's safety checker is set with the app's native `enable_safety_checker`",
+        "input_fidelity": "fal's edit apps have no input fidelity setting",
     },
 )
+
+
+def capabilities(opts: FalOptions) -> Capabilities:
+    """What edits fal takes depends on the edit app's inputs (the options)."""
+    inputs = opts.edit_inputs
+    if inputs is None:
+        return CAPABILITIES
+    single = inputs.image == "image_url"
+    why = {
+        **CAPABILITIES.why,
+        "image": "this fal app takes one input image (`image_url`)" if single
+        else f"this fal app takes at most {opts.max_edit_images} input images",
+        "mask": "this fal app takes no mask",
+    }
+    return msgspec.structs.replace(
+        CAPABILITIES, edits=True, max_edit_images=1 if single else opts.max_edit_images, mask=inputs.mask is not None, why=why
+    )
 
 
 def sync_mode_problems(native: Mapping[str, msgspec.Raw]) -> list[tuple[str, str]]:
@@ -232,6 +289,11 @@ class FalAdapter(AdapterBase[FalOptions]):
     default_url = DEFAULT_URL
     capabilities = CAPABILITIES
 
+    @classmethod
+    def capabilities_for(cls, options: msgspec.Struct) -> Capabilities:
+        assert isinstance(options, FalOptions)
+        return capabilities(options)
+
     def setup(self, settings: ProviderSettings) -> None:
         self._base = self.base_url
         key_headers = {**settings.headers, "Accept": "application/json"}
@@ -241,10 +303,32 @@ class FalAdapter(AdapterBase[FalOptions]):
         self._fetch_guard = self.options.fetch_guard(FETCH_HOSTS)
 
     def generation(self, g: Generation) -> FalTranslator:
-        request, body, upstream_model = g.request, g.body, g.upstream_model
-        native = native_fields(body)
-        dropped = self.settle(request, sync_mode_problems(native))
-        native.pop("sync_mode", None)  # false is fal's default; true was refused or dropped above
+        native = native_fields(g.body)
+        dropped = self.settle(g.request, sync_mode_problems(native))
+        fields, meta = self._fields(g.request, native)
+        body = _encoder.encode(fields)
+        return self._translator(g.request, g.upstream_model, body, meta, dropped, GENERATION_COMPLETED)
+
+    def edit(self, e: Edit) -> Translator:
+        inputs = self.options.edit_inputs
+        if inputs is None:
+            return super().edit(e)
+        self.require_files(e)
+        native = edit_native_fields(e)
+        dropped = self.settle_edit(e, sync_mode_problems(native))
+        fields, meta = self._fields(e.request, native)
+        # Past settle_edit, images beyond the table's limit, or a mask the app
+        # cannot take, were dropped by the policy: they are not sent.
+        images = e.images[: self.table.max_edit_images]
+        files: dict[str, FileInput] = {inputs.image: images if inputs.image == "image_urls" else images[0]}
+        if inputs.mask is not None and e.mask is not None:
+            files[inputs.mask] = e.mask
+        body = streamed(*json_with_files(fields, files))
+        return self._translator(e.request, e.upstream_model, body, meta, dropped, EDIT_COMPLETED)
+
+    def _fields(self, request: ImageRequest, native: dict[str, msgspec.Raw]) -> tuple[dict[str, object], ImageMeta]:
+        """The app's input for what generations and edits share, and what the answer reports."""
+        native.pop("sync_mode", None)  # false is fal's default; true was refused or dropped by settle
         fields: dict[str, object] = {**native, "prompt": request.prompt}
         if isinstance(request.n, int):
             fields["num_images"] = request.n
@@ -253,17 +337,24 @@ class FalAdapter(AdapterBase[FalOptions]):
             fields["image_size"] = {"width": size[0], "height": size[1]}
         fmt = request.output_format if request.output_format in ("png", "jpeg") else "png"
         fields["output_format"] = fmt
-        meta = ImageMeta(
-            created=int(self.clock()),
-            size=reported_size(request.size),
-            output_format=str(fmt),
-        )
+        meta = ImageMeta(created=int(self.clock()), size=reported_size(request.size), output_format=str(fmt))
+        return fields, meta
+
+    def _translator(
+        self,
+        request: ImageRequest,
+        upstream_model: str,
+        body: bytes | StreamedBody,
+        meta: ImageMeta,
+        dropped: dict[str, str],
+        event: str,
+    ) -> FalTranslator:
         app = upstream_model.strip("/")
         submit = UpstreamRequest(
             "POST",
             f"{self._base}/{app}",
             {**self._polling.headers, "Content-Type": "application/json"},
-            _encoder.encode(fields),
+            body,
         )
         # Status and result live under the app id, without any subpath (".../flux/dev" → "fal-ai/flux").
         parts = app.split("/")
@@ -271,7 +362,7 @@ class FalAdapter(AdapterBase[FalOptions]):
         return FalTranslator(
             self.name,
             submit,
-            ImagesWriter(request.streaming, meta),
+            ImagesWriter(request.streaming, meta, event=event),
             dropped,
             self._fetch_guard,
             self._polling,

@@ -37,6 +37,17 @@ is an option (``inputs``); an unset name means the model lacks that input, and
 a client asking for it meets the ``unsupported`` policy. Fields outside the
 OpenAI schema pass into ``input`` unchanged. Replicate bills by time or per
 image and reports no tokens: no usage is emitted (the relay counts images).
+
+Edits need a model with an image input, named in the options: ``inputs.image``
+for a model that takes one URI (FLUX Kontext's ``input_image``, FLUX Fill's
+``image``) or ``inputs.images`` for one that takes a list (nano-banana's and
+Seedream's ``image_input``), and ``inputs.mask`` if it takes a mask. With
+neither, edits are refused (``unsupported_operation``). The uploads go into
+``input`` as ``data:`` URIs, base64-encoded from the spool as the body is
+sent; everything else maps as for generations, and the answer is read the
+same way (Replicate has not echoed ``data:`` inputs in a prediction since
+2022, so the status documents stay under the relay's 1 MiB). Completed events
+are ``image_edit.completed``.
 """
 
 from __future__ import annotations
@@ -50,12 +61,23 @@ from msgspec import Meta
 
 from pixelgate.adapters.base import AdapterBase, check_base_url
 from pixelgate.adapters.capabilities import Capabilities
-from pixelgate.adapters.fetched import FetchingTranslator, FetchOptions, Polling, Step
-from pixelgate.adapters.images_out import ImageMeta, ImagesWriter
+from pixelgate.adapters.fetched import (
+    FetchingTranslator,
+    FetchOptions,
+    FileInput,
+    Polling,
+    Step,
+    edit_native_fields,
+    json_with_files,
+    streamed,
+)
+from pixelgate.adapters.images_out import EDIT_COMPLETED, GENERATION_COMPLETED, ImageMeta, ImagesWriter
 from pixelgate.adapters.params import aspect_ratio, native_fields, parse_size, reported_size
 from pixelgate.adapters.provider_errors import error_message, malformed, moderation_blocked, provider_error
 from pixelgate.core.errors import GatewayError, UpstreamFailure, UpstreamProtocolError
-from pixelgate.core.translator import Generation, Guard, ProviderSettings, UpstreamRequest
+from pixelgate.core.request import ImageRequest
+from pixelgate.core.translator import Edit, Generation, Guard, ProviderSettings, Translator, UpstreamRequest
+from pixelgate.core.upload import StreamedBody
 
 __all__ = ["ReplicateAdapter", "ReplicateInputs", "ReplicateOptions"]
 
@@ -79,6 +101,13 @@ class ReplicateInputs(msgspec.Struct, forbid_unknown_fields=True):
     n: str | None = "num_outputs"
     output_format: str | None = "output_format"
     output_compression: str | None = "output_quality"
+    # Edits: the model's input for one image URI (FLUX Kontext `input_image`,
+    # FLUX Fill `image`), or for a list of them (nano-banana, Seedream
+    # `image_input`); at most one of the two. Neither: the model cannot edit.
+    image: str | None = None
+    images: str | None = None
+    # The model's mask input (FLUX Fill `mask`); null: it takes none.
+    mask: str | None = None
 
 
 class ReplicateOptions(FetchOptions, forbid_unknown_fields=True):
@@ -95,6 +124,9 @@ class ReplicateOptions(FetchOptions, forbid_unknown_fields=True):
     output_format: Literal["png", "jpeg", "webp"] = "png"
     # Lower-case fragments of a failed prediction's error that mean a safety refusal.
     safety_markers: list[str] = msgspec.field(default_factory=lambda: list(SAFETY_MARKERS))
+    # Most input images an edit may send to `inputs.images` (models' own
+    # limits differ; the default leaves it to the model); `inputs.image` takes one.
+    max_edit_images: Annotated[int, Meta(ge=1, le=16)] = 16
 
 
 CAPABILITIES = Capabilities(
@@ -108,6 +140,8 @@ CAPABILITIES = Capabilities(
         "background": "Replicate image models make opaque images",
         "output_compression": "this Replicate model has no compression setting",
         "moderation": "set the model's own safety input (`disable_safety_checker`, `safety_tolerance`)",
+        "mask": "this Replicate model takes no mask",
+        "input_fidelity": "Replicate models have no input fidelity setting",
     },
 )
 
@@ -129,6 +163,11 @@ def capabilities(opts: ReplicateOptions) -> Capabilities:
     elif names.width is None or names.height is None:
         ratios = ()
         why["size"] = "this Replicate model takes no width and height"
+    max_images = opts.max_edit_images if names.images is not None else 1
+    if names.images is not None:
+        why["image"] = f"this Replicate model takes at most {max_images} input images"
+    elif names.image is not None:
+        why["image"] = f"this Replicate model takes one input image (`{names.image}`)"
     return msgspec.structs.replace(
         CAPABILITIES,
         max_n=None if names.n is not None else 1,
@@ -136,6 +175,9 @@ def capabilities(opts: ReplicateOptions) -> Capabilities:
         exact_ratios=True,
         formats=formats,
         compression="none" if names.output_compression is None else "any",
+        edits=names.image is not None or names.images is not None,
+        max_edit_images=max_images,
+        mask=names.mask is not None,
         why=why,
     )
 
@@ -287,6 +329,8 @@ class ReplicateAdapter(AdapterBase[ReplicateOptions]):
         for field, name in msgspec.structs.asdict(options.inputs).items():
             if name is not None and not name:
                 raise ValueError(f"options.inputs.{field}: empty; use null for a model without that input")
+        if options.inputs.image is not None and options.inputs.images is not None:
+            raise ValueError("options.inputs.images: set image (one URI) or images (a list), not both")
 
     def setup(self, settings: ProviderSettings) -> None:
         # Accept the base with or without the API version.
@@ -301,11 +345,38 @@ class ReplicateAdapter(AdapterBase[ReplicateOptions]):
         self._fetch_guard = self.options.fetch_guard(FETCH_HOSTS)
 
     def generation(self, g: Generation) -> ReplicateTranslator:
-        request, body, upstream_model = g.request, g.body, g.upstream_model
+        headers = self.settle(g.request)
+        fields, meta = self._fields(g.request, native_fields(g.body))
+        url, extra = _model_call(self._base, g.upstream_model)
+        body = _encoder.encode({**extra, "input": fields})
+        return self._translator(g.request, url, body, meta, headers, GENERATION_COMPLETED)
+
+    def edit(self, e: Edit) -> Translator:
+        names = self.options.inputs
+        if names.image is None and names.images is None:
+            return super().edit(e)
+        self.require_files(e)
+        headers = self.settle_edit(e)
+        fields, meta = self._fields(e.request, edit_native_fields(e))
+        # Past settle_edit, images beyond the table's limit, or a mask the
+        # model cannot take, were dropped by the policy: they are not sent.
+        images = e.images[: self.table.max_edit_images]
+        files: dict[str, FileInput] = {names.images: images} if names.images is not None else {}
+        if names.image is not None:
+            files[names.image] = images[0]
+        if names.mask is not None and e.mask is not None:
+            files[names.mask] = e.mask
+        url, extra = _model_call(self._base, e.upstream_model)
+        # {"version"?, "input": {…, the files}}: the input object is the last member.
+        outer = _encoder.encode(extra)[:-1] + (b',"input":' if extra else b'"input":')
+        body = streamed(outer, *json_with_files(fields, files), b"}")
+        return self._translator(e.request, url, body, meta, headers, EDIT_COMPLETED)
+
+    def _fields(self, request: ImageRequest, native: dict[str, msgspec.Raw]) -> tuple[dict[str, object], ImageMeta]:
+        """The model's input for what generations and edits share, and what the answer reports."""
         opts = self.options
         names = opts.inputs
-        headers = self.settle(request)
-        fields: dict[str, object] = {**native_fields(body), "prompt": request.prompt}
+        fields: dict[str, object] = {**native, "prompt": request.prompt}
         size = parse_size(request.size)
         if size is not None:
             if opts.size_as == "aspect_ratio":
@@ -320,21 +391,26 @@ class ReplicateAdapter(AdapterBase[ReplicateOptions]):
             fields[names.output_format] = opts.formats[fmt]
         if isinstance(request.output_compression, int) and names.output_compression:
             fields[names.output_compression] = request.output_compression
-        url, extra = _model_call(self._base, upstream_model)
-        meta = ImageMeta(
-            created=int(self.clock()),
-            size=reported_size(request.size),
-            output_format=fmt,
-        )
-        submit = UpstreamRequest("POST", url, self._submit_headers, _encoder.encode({**extra, "input": fields}))
+        meta = ImageMeta(created=int(self.clock()), size=reported_size(request.size), output_format=fmt)
+        return fields, meta
+
+    def _translator(
+        self,
+        request: ImageRequest,
+        url: str,
+        body: bytes | StreamedBody,
+        meta: ImageMeta,
+        headers: dict[str, str],
+        event: str,
+    ) -> ReplicateTranslator:
         return ReplicateTranslator(
             self.name,
-            submit,
-            ImagesWriter(request.streaming, meta),
+            UpstreamRequest("POST", url, self._submit_headers, body),
+            ImagesWriter(request.streaming, meta, event=event),
             headers,
             self._fetch_guard,
             self._polling,
             as_urls=request.response_format == "url",
             base=self._base,
-            markers=[m.lower() for m in opts.safety_markers],
+            markers=[m.lower() for m in self.options.safety_markers],
         )

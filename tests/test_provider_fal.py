@@ -1,10 +1,16 @@
 """fal end to end: submit to the queue, poll the status, read the result,
-download each image, through the real relay, driven by the official SDK."""
+download each image, through the real relay, driven by the official SDK;
+edits with the uploads sent to the app as data: URIs."""
 
 from __future__ import annotations
 
+import io
+from typing import Any
+
+import aiohttp
 import openai
 import pytest
+from PIL import Image
 
 from tests.providers.common import (
     check_completed,
@@ -21,13 +27,21 @@ OPTIONS = {"poll_interval": 0.05, "fetch_hosts": ["127.0.0.1"]}
 
 @pytest.fixture
 def fal(aiohttp_server):
-    async def make(**kwargs):
+    async def make(*, upstream_model: str = "fal-ai/flux/dev", options: dict[str, Any] | None = None, **kwargs):
         seen: list[dict] = []
         upstream = await aiohttp_server(fal_app(seen, **kwargs))
-        config = provider_config("fal", str(upstream.make_url("/")), options=OPTIONS, upstream_model="fal-ai/flux/dev")
+        config = provider_config("fal", str(upstream.make_url("/")), options={**OPTIONS, **(options or {})},
+                                 upstream_model=upstream_model)
         return await gateway_for(aiohttp_server, config), seen
 
     return make
+
+
+def _image(fmt: str, size: tuple[int, int], color: tuple[int, ...]) -> bytes:
+    out = io.BytesIO()
+    mode = "RGBA" if fmt == "PNG" else "RGB"
+    Image.new(mode, size, color[: len(mode)]).save(out, fmt)
+    return out.getvalue()
 
 
 async def test_sdk_without_stream(fal) -> None:
@@ -84,3 +98,67 @@ async def test_policy_error_after_keepalives_is_an_error_event(fal) -> None:
                 pass
     assert info.value.body["code"] == "moderation_blocked"
     assert "flagged by a content checker" in info.value.body["message"]
+
+
+# Edits.
+
+
+async def test_sdk_edit_sends_each_upload_as_its_data_uri(fal) -> None:
+    a, b = _image("PNG", (64, 48), (200, 30, 30, 255)), _image("JPEG", (40, 30), (10, 90, 200))
+    gw, seen = await fal(upstream_model="fal-ai/nano-banana/edit", queued_polls=1,
+                         expect_uploads={"image_urls": [a, b]})
+    async with sdk(gw) as client:
+        result = await client.images.edit(
+            model="img", image=[("a.png", a, "image/png"), ("b.jpg", b, "image/jpeg")], prompt="side by side",
+            n=2, size="1024x768", extra_body={"seed": 42, "negative_prompt": "blurry"},
+        )
+    assert [png_size(d.b64_json) for d in result.data] == [(64, 64), (64, 64)]
+    assert [s["path"] for s in seen] == [
+        "/fal-ai/nano-banana/edit",
+        "/fal-ai/nano-banana/requests/req-1/status", "/fal-ai/nano-banana/requests/req-1/status",
+        "/fal-ai/nano-banana/requests/req-1",
+        "/files/req-1-0.png", "/files/req-1-1.png",
+    ]
+    # The sniffed types name the URIs; the form's strings became the app's JSON types where they read as such.
+    assert seen[0]["body"] == {"prompt": "side by side", "seed": 42, "negative_prompt": "blurry", "num_images": 2,
+                               "image_size": {"width": 1024, "height": 768}, "output_format": "png",
+                               "image_urls": [f"image/png:{len(a)}", f"image/jpeg:{len(b)}"]}
+    assert seen[0]["uploads"] == {"image_urls": [a, b]}
+    assert [s["key"] for s in seen] == ["Key provider-secret"] * 4 + [None, None]
+
+
+async def test_sdk_edit_stream_with_mask_to_an_inpainting_app(fal) -> None:
+    image = _image("PNG", (64, 48), (200, 30, 30, 255))
+    mask = _image("PNG", (64, 48), (0, 0, 0, 0))
+    gw, seen = await fal(upstream_model="fal-ai/flux-pro/v1/fill", queued_polls=6,
+                         options={"edit_inputs": {"image": "image_url", "mask": "mask_url"}},
+                         expect_uploads={"image_url": image, "mask_url": mask})
+    async with sdk(gw) as client:
+        stream = await client.images.edit(model="img", image=("house.png", image, "image/png"),
+                                          mask=("mask.png", mask, "image/png"), prompt="a red door", stream=True)
+        events = [event async for event in stream]
+    assert [e.type for e in events] == ["image_edit.completed"]
+    assert png_size(events[0].b64_json) == (64, 64)
+    for field in ("created_at", "size", "quality", "background", "output_format", "usage"):
+        assert getattr(events[0], field, None) is not None, field
+    assert seen[0]["uploads"] == {"image_url": image, "mask_url": mask}
+
+
+async def test_edit_refusals_call_no_app(fal) -> None:
+    gw, seen = await fal(upstream_model="fal-ai/nano-banana/edit")
+    image = _image("PNG", (16, 16), (1, 2, 3, 255))
+    async with sdk(gw) as client:
+        # The default edit inputs name no mask.
+        with pytest.raises(openai.BadRequestError) as info:
+            await client.images.edit(model="img", image=("a.png", image, "image/png"),
+                                     mask=("m.png", image, "image/png"), prompt="a door")
+    assert (info.value.code, info.value.param) == ("unsupported_parameter", "mask")
+    # A JSON edit whose image is an https URL: the gateway fetches no URL for a client.
+    async with aiohttp.ClientSession() as session, session.post(
+        gw.make_url("/v1/images/edits"),
+        json={"model": "img", "prompt": "a hat", "images": [{"image_url": "https://example.com/fox.png"}]},
+    ) as resp:
+        assert resp.status == 400
+        error = (await resp.json())["error"]
+    assert (error["code"], error["param"]) == ("unsupported_parameter", "images")
+    assert seen == []

@@ -1,21 +1,26 @@
 """Replicate end to end: create (sync mode), poll, download, through the real
-relay, driven by the official SDK; and the download path's memory with a
-20 MB base64 image, gateway and fake provider each in a process of its own."""
+relay, driven by the official SDK; edits, their uploads sent as data: URIs;
+and the memory of the download path with a 20 MB base64 image and of an
+edit's 15 MB upload, gateway and fake provider each in a process of its own."""
 
 from __future__ import annotations
 
 import binascii
 import hashlib
+import io
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import openai
 import pytest
+from PIL import Image
 
+from pixelgate.proxy.config import ConfigError, parse_config
 from tests.procs import (
     ROOT,
     free_port,
@@ -34,7 +39,7 @@ from tests.providers.common import (
     stream_events,
 )
 from tests.providers.replicate import replicate_app
-from tests.providers.replicate_server import file_bytes
+from tests.providers.replicate_server import file_bytes, upload_bytes
 
 OPTIONS = {"poll_interval": 0.05, "fetch_hosts": ["127.0.0.1"]}
 MODEL = "black-forest-labs/flux-schnell"
@@ -42,10 +47,11 @@ MODEL = "black-forest-labs/flux-schnell"
 
 @pytest.fixture
 def replicate(aiohttp_server):
-    async def make(*, upstream_model: str = MODEL, **kwargs):
+    async def make(*, upstream_model: str = MODEL, options: dict[str, Any] | None = None, **kwargs):
         seen: list[dict] = []
         upstream = await aiohttp_server(replicate_app(seen, **kwargs))
-        config = provider_config("replicate", str(upstream.make_url("")), options=OPTIONS, upstream_model=upstream_model)
+        config = provider_config("replicate", str(upstream.make_url("")), options={**OPTIONS, **(options or {})},
+                                 upstream_model=upstream_model)
         return await gateway_for(aiohttp_server, config), seen
 
     return make
@@ -121,7 +127,93 @@ async def test_rate_limit_keeps_retry_after(replicate) -> None:
     assert "rate limit resets" in info.value.message
 
 
-# The memory test: a 15 MB file, 20 MB of base64 in the client's b64_json.
+# Edits.
+
+
+def _image(fmt: str, size: tuple[int, int], color: tuple[int, ...]) -> bytes:
+    out = io.BytesIO()
+    mode = "RGBA" if fmt == "PNG" else "RGB"
+    Image.new(mode, size, color[: len(mode)]).save(out, fmt)
+    return out.getvalue()
+
+
+async def test_sdk_edit_sends_a_list_of_data_uris(replicate) -> None:
+    a, b = _image("PNG", (64, 48), (200, 30, 30, 255)), _image("WEBP", (30, 30), (10, 90, 200))
+    gw, seen = await replicate(upstream_model="google/nano-banana", options={"inputs": {"images": "image_input"}},
+                               expect_uploads={"image_input": [a, b]})
+    async with sdk(gw) as client:
+        result = await client.images.edit(
+            model="img", image=[("a.png", a, "image/png"), ("b.webp", b, "image/webp")], prompt="merge them",
+            size="1536x1024", extra_body={"seed": 42},
+        )
+    assert len(result.data) == 1 and png_size(result.data[0].b64_json) == (64, 64)
+    assert seen[0]["path"] == "/v1/models/google/nano-banana/predictions"
+    # The form's "42" is the number 42; the uploads went as their sniffed types.
+    assert seen[0]["body"] == {"input": {"prompt": "merge them", "seed": 42, "aspect_ratio": "3:2", "output_format": "png",
+                                         "image_input": [f"image/png:{len(a)}", f"image/webp:{len(b)}"]}}
+    assert seen[0]["uploads"] == {"image_input": [a, b]}
+    assert [s["auth"] for s in seen] == ["Bearer provider-secret", None]
+
+
+async def test_sdk_edit_stream_with_mask_polls_with_keepalives(replicate) -> None:
+    image, mask = _image("PNG", (64, 48), (200, 30, 30, 255)), _image("PNG", (64, 48), (255, 255, 255, 255))
+    gw, seen = await replicate(upstream_model="black-forest-labs/flux-fill-pro", pending_polls=6, single=True,
+                               options={"inputs": {"image": "image", "mask": "mask", "aspect_ratio": None}},
+                               expect_uploads={"image": image, "mask": mask})
+    async with sdk(gw) as client, client.with_streaming_response.images.edit(
+        model="img", image=("house.png", image, "image/png"), mask=("mask.png", mask, "image/png"),
+        prompt="a red door", stream=True,
+    ) as response:
+        raw = b"".join([chunk async for chunk in response.iter_bytes()])
+    assert raw.startswith(b": keep-alive\n\n")
+    assert raw.count(b"event: image_edit.completed") == 1 and b"image_generation" not in raw
+    assert seen[0]["uploads"] == {"image": image, "mask": mask}
+    assert len([s for s in seen if s["path"] == "/v1/predictions/p1"]) == 6
+    async with sdk(gw) as client:
+        stream = await client.images.edit(model="img", image=("house.png", image, "image/png"),
+                                          mask=("mask.png", mask, "image/png"), prompt="a red door", stream=True)
+        events = [event async for event in stream]
+    assert [e.type for e in events] == ["image_edit.completed"]
+    assert png_size(events[0].b64_json) == (64, 64) and events[0].usage is not None
+
+
+async def test_edit_refusals_call_no_model(replicate) -> None:
+    image = _image("PNG", (16, 16), (1, 2, 3, 255))
+    gw, seen = await replicate()  # FLUX schnell: no image input named, so no edits
+    async with sdk(gw) as client:
+        with pytest.raises(openai.BadRequestError) as info:
+            await client.images.edit(model="img", image=("a.png", image, "image/png"), prompt="a hat")
+    assert info.value.code == "unsupported_operation"
+    gw, seen = await replicate(options={"inputs": {"image": "input_image"}})
+    async with sdk(gw) as client:
+        with pytest.raises(openai.BadRequestError) as info:
+            await client.images.edit(model="img", image=[("a.png", image, "image/png")] * 2, prompt="both")
+    assert (info.value.code, info.value.param) == ("unsupported_parameter", "image")
+    async with aiohttp.ClientSession() as session, session.post(
+        gw.make_url("/v1/images/edits"),
+        json={"model": "img", "prompt": "a hat", "images": [{"image_url": "https://example.com/fox.png"}]},
+    ) as resp:
+        assert resp.status == 400
+        error = (await resp.json())["error"]
+    assert (error["code"], error["param"]) == ("unsupported_parameter", "images")
+    assert seen == []
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({"image": "input_image", "images": "image_input"}, r"options\.inputs\.images: set image \(one URI\) or images"),
+        ({"mask": ""}, r"options\.inputs\.mask: empty; use null"),
+    ],
+)
+def test_edit_input_options_are_checked(inputs: dict[str, Any], message: str) -> None:
+    config = provider_config("replicate", "https://api.replicate.com", options={"inputs": inputs})
+    with pytest.raises(ConfigError, match=message):
+        parse_config(config, env={})
+
+
+# The memory tests: a 15 MB file, 20 MB of base64 in the client's b64_json;
+# an edit's 15 MB upload, 20 MB of base64 in the data: URI sent to Replicate.
 
 IMAGE_BYTES = 15_000_000
 
@@ -230,3 +322,52 @@ async def test_20mb_b64_download_is_exact_and_does_not_grow_gateway_memory(tmp_p
     assert got.total > 20_000_000  # the base64 went through the gateway
     # Encoded as it arrives: growth is a few read buffers, never the 20 MB.
     assert peak - baseline < 16 * 1024, (baseline, peak)
+
+
+async def _post_edit(session: aiohttp.ClientSession, url: str, upload: bytes, stream: bool) -> B64Digest:
+    form = aiohttp.FormData()
+    form.add_field("model", "big")
+    form.add_field("prompt", "noise")
+    if stream:
+        form.add_field("stream", "true")
+    form.add_field("image", io.BytesIO(upload), filename="big.png", content_type="image/png")
+    out = B64Digest()
+    async with session.post(url, data=form) as resp:
+        assert resp.status == 200, await resp.text()
+        async for chunk in resp.content.iter_any():
+            out.feed(chunk)
+    return out
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+async def test_15mb_edit_upload_goes_as_base64_without_growing_gateway_memory(tmp_path: Path, stream: bool) -> None:
+    up, gw = free_port(), free_port()
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "providers:\n"
+        f"  rep: {{adapter: replicate, base_url: 'http://127.0.0.1:{up}', api_key: k,\n"
+        "        options: {fetch_hosts: ['127.0.0.1'], poll_interval: 0.05, inputs: {image: image, aspect_ratio: null}}}\n"
+        "models:\n  big: [{provider: rep, model: owner/big}]\n"
+        f"server: {{upload_dir: '{tmp_path}'}}\n"
+    )
+    url = f"http://127.0.0.1:{gw}/v1/images/edits"
+    upload = upload_bytes(IMAGE_BYTES)
+    # The fake checks every data: URI is exactly upload_bytes(its size), and answers with the upload as its file.
+    with fake_replicate(up, IMAGE_BYTES), pixelgate(
+        "serve", "--config", str(config), "--port", str(gw), ready=f"http://127.0.0.1:{gw}/healthz"
+    ) as gateway:
+        async with aiohttp.ClientSession() as session:
+            warm = await _post_edit(session, url, upload_bytes(3000), stream)
+            assert warm.size == 3000
+            baseline = rss_kib(gateway.pid)
+            reset_peak_rss(gateway.pid)
+            got = await _post_edit(session, url, upload, stream)
+            peak = rss_kib(gateway.pid, "VmHWM")
+    kind = "sse" if stream else "json"
+    print(f"\n15MB replicate edit upload ({kind}): baseline {baseline} KiB, peak {peak} KiB, growth {peak - baseline} KiB")
+    # Uploaded, sent as base64 from the spool, decoded by the fake, served back, encoded again: the same bytes.
+    assert got.images == 1
+    assert (got.digest.hexdigest(), got.size) == (hashlib.sha256(upload).hexdigest(), IMAGE_BYTES)
+    # Spooled as it arrives and encoded as it is sent: growth is read buffers, never the 15 MB (or its 20 MB of base64).
+    assert peak - baseline < 16 * 1024, (baseline, peak)
+    assert list(tmp_path.glob("pixelgate-upload-*")) == []  # the spool went with the request

@@ -2,19 +2,47 @@
 
 The status, result and file URLs point back at this server (on 127.0.0.1,
 which is loopback: the guard allows http there).
+
+Edit apps take their images as ``data:`` URIs in ``image_url``,
+``image_urls`` and ``mask_url``. The fake decodes each strictly (fal would
+refuse a broken one with a 422), records the bytes in ``uploads`` (the
+recorded ``body`` keeps only the URI's media type and size), and, given
+``expect_uploads``, refuses any upload that is not exactly those bytes.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import itertools
+import re
+from typing import Any
 
 from aiohttp import web
 
 from tests.providers.common import PNG
 
+FILE_INPUTS = ("image_url", "image_urls", "mask_url")
+_DATA_URI = re.compile(r"data:(image/(?:png|jpeg|webp));base64,(.*)", re.S)
+
+
+def decode_data_uri(uri: str) -> tuple[str, bytes]:
+    """(media type, bytes) of a ``data:image/...;base64,...`` URI; ValueError
+    unless the payload is exactly the canonical base64 of its bytes."""
+    m = _DATA_URI.fullmatch(uri)
+    if m is None:
+        raise ValueError(f"not a base64 image data: URI: {uri[:40]!r}")
+    data = binascii.a2b_base64(m.group(2), strict_mode=True)
+    if base64.b64encode(data).decode() != m.group(2):
+        raise ValueError("the data: URI's base64 is not canonical")
+    return m.group(1), data
+
 
 def fal_app(seen: list[dict], *, queued_polls: int = 1, nsfw: list[bool] | None = None,
-            result_status: int = 200, result_body: dict | None = None) -> web.Application:
+            result_status: int = 200, result_body: dict | None = None,
+            expect_uploads: dict[str, Any] | None = None) -> web.Application:
+    """``expect_uploads``: input name -> the bytes (a list for ``image_urls``)
+    the gateway must have sent; anything else is answered 422."""
     ids = itertools.count(1)
     jobs: dict[str, dict] = {}
 
@@ -23,7 +51,23 @@ def fal_app(seen: list[dict], *, queued_polls: int = 1, nsfw: list[bool] | None 
 
     async def submit(request: web.Request) -> web.Response:
         body = await request.json()
-        record(request, body=body)
+        uploads: dict[str, Any] = {}
+        try:
+            for name in FILE_INPUTS:
+                if name not in body:
+                    continue
+                values = body[name] if isinstance(body[name], list) else [body[name]]
+                decoded = [decode_data_uri(v) for v in values]
+                uploads[name] = [d for _, d in decoded] if isinstance(body[name], list) else decoded[0][1]
+                # What the body said, without megabytes of base64 in the log.
+                shown = [f"{media}:{len(d)}" for media, d in decoded]
+                body[name] = shown if isinstance(body[name], list) else shown[0]
+        except ValueError as exc:
+            return web.json_response({"detail": [{"loc": ["body"], "msg": str(exc), "type": "value_error"}]}, status=422)
+        record(request, body=body, uploads=uploads)
+        if expect_uploads is not None and uploads != expect_uploads:
+            return web.json_response({"detail": [{"loc": ["body"], "msg": "uploads differ from the files sent",
+                                                  "type": "value_error"}]}, status=422)
         rid = f"req-{next(ids)}"
         jobs[rid] = {"polls": 0, "n": body.get("num_images", 1)}
         # Status and result live under the app id, without the subpath.
@@ -58,7 +102,8 @@ def fal_app(seen: list[dict], *, queued_polls: int = 1, nsfw: list[bool] | None 
         record(request)
         return web.Response(body=PNG, content_type="image/png")
 
-    app = web.Application()
+    # Edits carry their images inside the JSON: more than aiohttp's default 1 MiB.
+    app = web.Application(client_max_size=256 * 1024 * 1024)
     app.router.add_get("/files/{name}", files)
     app.router.add_get("/{owner}/{alias}/requests/{rid}/status", status)
     app.router.add_get("/{owner}/{alias}/requests/{rid}", result)

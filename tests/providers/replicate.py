@@ -6,12 +6,23 @@ covers the work, else ``starting`` with ``urls.get`` pointing back here; the
 output URLs point at ``/delivery/...`` on this server (127.0.0.1 is loopback:
 the guard allows http there). Failures and HTTP errors are injected by
 arguments.
+
+Edits put their images in ``input`` as ``data:`` URIs (a string, or a list
+of them). The fake decodes every such value strictly (Replicate refuses a
+broken one with a 422), keeps the bytes as the prediction's ``uploads``
+(recorded in ``seen`` too) and, like Replicate since 2022, does not echo data
+URIs in the prediction's ``input`` (each becomes ``"<media type>:<bytes>"``).
+``expect_uploads`` makes it refuse any upload that is not exactly the bytes
+the client sent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import itertools
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +30,35 @@ from aiohttp import web
 
 from tests.providers.common import PNG
 
-Files = Callable[[dict[str, Any]], bytes]
+# A file from the prediction's input and its decoded uploads (input name -> bytes, or a list).
+Files = Callable[[dict[str, Any], dict[str, Any]], bytes]
+_DATA_URI = re.compile(r"data:(image/(?:png|jpeg|webp));base64,(.*)", re.S)
+
+
+def decode_data_uri(uri: str) -> tuple[str, bytes]:
+    """(media type, bytes) of a ``data:image/...;base64,...`` URI; ValueError
+    unless the payload is exactly the canonical base64 of its bytes."""
+    m = _DATA_URI.fullmatch(uri)
+    if m is None:
+        raise ValueError(f"not a base64 image data: URI: {uri[:40]!r}")
+    data = binascii.a2b_base64(m.group(2), strict_mode=True)
+    if base64.b64encode(data).decode() != m.group(2):
+        raise ValueError("the data: URI's base64 is not canonical")
+    return m.group(1), data
+
+
+def take_uploads(model_input: dict[str, Any]) -> dict[str, Any]:
+    """Decode the input's data: URIs, replacing each with ``"<media type>:<size>"``."""
+    uploads: dict[str, Any] = {}
+    for name, value in model_input.items():
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, str) and v.startswith("data:") for v in values):
+            continue
+        decoded = [decode_data_uri(v) for v in values]
+        shown = [f"{media}:{len(data)}" for media, data in decoded]
+        uploads[name] = [data for _, data in decoded] if isinstance(value, list) else decoded[0][1]
+        model_input[name] = shown if isinstance(value, list) else shown[0]
+    return uploads
 
 
 def replicate_app(
@@ -31,12 +70,16 @@ def replicate_app(
     single: bool = False,
     http_status: int = 201,
     delay: float = 0.0,
-    files: Files = lambda _input: PNG,
+    files: Files = lambda _input, _uploads: PNG,
+    expect_uploads: dict[str, Any] | Callable[[dict[str, Any]], bool] | None = None,
 ) -> web.Application:
     """``pending_polls``: how many answers, the create call's first, say the
     prediction is still working (``starting``, then ``processing``); 0 is
     sync mode finishing in time. ``single``: the output is one URL string,
-    not a list. ``files`` makes a file's bytes from the prediction's input."""
+    not a list. ``files`` makes a file's bytes from the prediction's input
+    and uploads. ``expect_uploads``: input name -> the bytes (a list for a
+    list input) the gateway must have sent, or a check of the uploads;
+    anything else is answered 422."""
     ids = itertools.count(1)
     predictions: dict[str, dict[str, Any]] = {}
 
@@ -68,8 +111,17 @@ def replicate_app(
 
     async def create(request: web.Request) -> web.Response:
         body = await request.json()
+        try:
+            uploads = take_uploads(body.get("input", {}))
+        except ValueError as exc:
+            return web.json_response({"title": "Input validation failed", "status": 422, "detail": str(exc)}, status=422)
         seen.append({"path": request.path, "body": body, "auth": request.headers.get("Authorization"),
-                     "prefer": request.headers.get("Prefer")})
+                     "prefer": request.headers.get("Prefer"), "uploads": uploads})
+        if expect_uploads is not None and not (
+            expect_uploads(uploads) if callable(expect_uploads) else uploads == expect_uploads
+        ):
+            return web.json_response({"title": "Input validation failed", "status": 422,
+                                      "detail": "the uploads differ from the files the client sent"}, status=422)
         if delay:
             await asyncio.sleep(delay)
         if http_status >= 400:
@@ -79,7 +131,8 @@ def replicate_app(
                                      content_type="application/problem+json")
         pid = f"p{next(ids)}"
         model = f"{request.match_info['owner']}/{request.match_info['name']}" if "owner" in request.match_info else None
-        predictions[pid] = {"input": body["input"], "model": model, "version": body.get("version"), "polls": 0}
+        predictions[pid] = {"input": body["input"], "model": model, "version": body.get("version"), "polls": 0,
+                            "uploads": uploads}
         return web.json_response(answer(request, pid), status=http_status)
 
     async def get(request: web.Request) -> web.Response:
@@ -91,9 +144,10 @@ def replicate_app(
     async def delivery(request: web.Request) -> web.Response:
         pid = request.match_info["id"]
         seen.append({"path": request.path, "auth": request.headers.get("Authorization")})
-        return web.Response(body=files(predictions[pid]["input"]), content_type="image/png")
+        return web.Response(body=files(predictions[pid]["input"], predictions[pid]["uploads"]), content_type="image/png")
 
-    app = web.Application()
+    # Edits carry their images inside the JSON: more than aiohttp's default 1 MiB.
+    app = web.Application(client_max_size=256 * 1024 * 1024)
     app.router.add_post("/v1/models/{owner}/{name}/predictions", create)
     app.router.add_post("/v1/predictions", create)
     app.router.add_get("/v1/predictions/{id}", get)
