@@ -304,3 +304,15 @@ async def test_edit_usage_and_cost_count_input_image_tokens_at_the_image_price(a
     # 10 text x 5 + 40 image x 10 + 100 output x 40, per million: image tokens at the image price.
     assert f"pixelgate_cost_usd_total{{{labels}}} {(10 * 5 + 40 * 10 + 100 * 40) / 1e6}" in text
     assert 'pixelgate_requests_total{endpoint="images.edits"' in text
+
+
+async def test_streamed_edit_events_reach_the_client_byte_identical(edit_setup: tuple[TestServer, Upstream]) -> None:
+    gw, _ = edit_setup
+    form = aiohttp.FormData()
+    for name, value in {"model": "gpt-image-1.5", "prompt": "p", "stream": "true", "partial_images": "2"}.items():
+        form.add_field(name, value)
+    form.add_field("image", _image("PNG", (8, 8)), filename="a.png", content_type="image/png")
+    async with aiohttp.ClientSession() as session, session.post(gw.make_url("/v1/images/edits"), data=form) as resp:
+        assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
+        body = await resp.read()
+    assert body == _events("image_edit.partial_image", "image_edit.partial_image", "image_edit.completed")
