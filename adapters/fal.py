@@ -60,15 +60,12 @@ from msgspec import Meta
 
 from pixelgate.adapters.base import AdapterBase
 from pixelgate.adapters.capabilities import Capabilities
+from pixelgate.adapters.edit_body import FileInput, data_uris, edit_native_fields, json_pieces, streamed
 from pixelgate.adapters.fetched import (
     FetchingTranslator,
     FetchOptions,
-    FileInput,
     Polling,
     Step,
-    edit_native_fields,
-    json_with_files,
-    streamed,
 )
 from pixelgate.adapters.images_out import EDIT_COMPLETED, GENERATION_COMPLETED, ImageMeta, ImagesWriter
 from pixelgate.adapters.params import native_fields, parse_size, reported_size
@@ -320,10 +317,10 @@ class FalAdapter(AdapterBase[FalOptions]):
         # Past settle_edit, images beyond the table's limit, or a mask the app
         # cannot take, were dropped by the policy: they are not sent.
         images = e.images[: self.table.max_edit_images]
-        files: dict[str, FileInput] = {inputs.image: images if inputs.image == "image_urls" else images[0]}
+        files: list[tuple[str, FileInput]] = [(inputs.image, images if inputs.image == "image_urls" else images[0])]
         if inputs.mask is not None and e.mask is not None:
-            files[inputs.mask] = e.mask
-        body = streamed(*json_with_files(fields, files))
+            files.append((inputs.mask, e.mask))
+        body = streamed(*json_pieces([(name, data_uris(value)) for name, value in files], fields))
         return self._translator(e.request, e.upstream_model, body, meta, dropped, EDIT_COMPLETED)
 
     def _fields(self, request: ImageRequest, native: dict[str, msgspec.Raw]) -> tuple[dict[str, object], ImageMeta]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Annotated
 
 import msgspec
@@ -36,21 +36,9 @@ from pixelgate.adapters.images_out import ImagesWriter
 from pixelgate.adapters.params import Policy
 from pixelgate.adapters.provider_errors import json_media
 from pixelgate.core.errors import GatewayError, UpstreamProtocolError
-from pixelgate.core.request import GATEWAY_ONLY_FIELDS, ImageEditRequest
-from pixelgate.core.translator import Edit, Ending, Guard, Opening, ResponseHead, UpstreamRequest
-from pixelgate.core.upload import FilePiece, InputImage, StreamedBody
+from pixelgate.core.translator import Ending, Guard, Opening, ResponseHead, UpstreamRequest
 
-__all__ = [
-    "FetchOptions",
-    "FetchingTranslator",
-    "FileInput",
-    "Polling",
-    "Step",
-    "data_uri",
-    "edit_native_fields",
-    "json_with_files",
-    "streamed",
-]
+__all__ = ["FetchOptions", "FetchingTranslator", "Polling", "Step"]
 
 
 class FetchOptions(msgspec.Struct, forbid_unknown_fields=True):
@@ -205,76 +193,3 @@ class FetchingTranslator:
         # No provider headers: the key stays with the provider's API hosts.
         self.downloading = True
         return UpstreamRequest("GET", url, {}, b"", guard=self._download_guard)
-
-
-# Edits: JSON bodies whose image inputs are data: URIs of the spooled uploads.
-
-# One upload (an input that takes one URI) or several (an input that takes a list).
-FileInput = InputImage | Sequence[InputImage]
-Piece = bytes | FilePiece
-
-_EDIT_FIELDS = frozenset(ImageEditRequest.__struct_fields__) | GATEWAY_ONLY_FIELDS
-_raw_map = msgspec.json.Decoder(dict[str, msgspec.Raw])
-_json = msgspec.json.Encoder()
-# A form value that reads as a JSON number, true, false or null.
-_SCALAR = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|true|false|null")
-
-
-def data_uri(image: InputImage) -> tuple[Piece, ...]:
-    """An upload as a JSON string holding its ``data:`` URI. The media type is
-    the sniffed format's; the base64 is made from the spool as it is sent."""
-    return (b'"data:' + image.media_type.encode() + b";base64,", FilePiece(image, "base64"), b'"')
-
-
-def json_with_files(fields: Mapping[str, object], files: Mapping[str, FileInput]) -> tuple[Piece, ...]:
-    """A JSON object: ``fields``, then each of ``files`` as a data: URI (a
-    sequence: a list of them). A field named like a file input is left out:
-    the upload is what the client meant, and JSON keys must not repeat."""
-    head = _json.encode({k: v for k, v in fields.items() if k not in files})
-    pieces: list[Piece] = [head[:-1]]
-    comma = len(head) > 2
-    for name, value in files.items():
-        pieces.append((b"," if comma else b"") + _json.encode(name) + b":")
-        comma = True
-        if isinstance(value, InputImage):
-            pieces += data_uri(value)
-            continue
-        pieces.append(b"[")
-        for i, image in enumerate(value):
-            if i:
-                pieces.append(b",")
-            pieces += data_uri(image)
-        pieces.append(b"]")
-    pieces.append(b"}")
-    return tuple(pieces)
-
-
-def streamed(*parts: Piece) -> StreamedBody:
-    """A body of these pieces, adjacent bytes joined (fewer, larger writes)."""
-    pieces: list[Piece] = []
-    for part in parts:
-        last = pieces[-1] if pieces else None
-        if isinstance(part, bytes) and isinstance(last, bytes):
-            pieces[-1] = last + part
-        elif not isinstance(part, bytes) or part:
-            pieces.append(part)
-    return StreamedBody(tuple(pieces))
-
-
-def edit_native_fields(e: Edit) -> dict[str, msgspec.Raw]:
-    """An edit's fields outside the OpenAI schema (``seed``, ``strength``, …),
-    for providers that take them beside the prompt, as generations pass them.
-
-    From JSON they are the client's own values. A multipart form has only
-    strings: a value that reads as a JSON number, true, false or null is sent
-    as one (what the OpenAI SDK's ``extra_body={"seed": 42}`` became), any
-    other as a string. A client that needs the string ``"1"`` sends the edit
-    as JSON.
-    """
-    if e.json_body is not None:
-        return {k: v for k, v in _raw_map.decode(e.json_body).items() if k not in _EDIT_FIELDS}
-    return {
-        name: msgspec.Raw(value.encode() if _SCALAR.fullmatch(value) else _json.encode(value))
-        for name, value in e.fields
-        if name not in _EDIT_FIELDS
-    }

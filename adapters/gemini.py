@@ -79,6 +79,7 @@ from msgspec import Meta
 
 from pixelgate.adapters.base import AdapterBase
 from pixelgate.adapters.capabilities import Capabilities
+from pixelgate.adapters.edit_body import edit_native_fields
 from pixelgate.adapters.google import GoogleOptions, GoogleTarget, check_google, format_of, google_error, image_tier
 from pixelgate.adapters.images_out import EDIT_COMPLETED, ImageMeta, ImagesWriter
 from pixelgate.adapters.jsontap import Path
@@ -86,7 +87,7 @@ from pixelgate.adapters.params import aspect_ratio, native_fields, parse_size, r
 from pixelgate.adapters.provider_errors import malformed, moderation_blocked
 from pixelgate.adapters.tapped import TappedTranslator
 from pixelgate.core.errors import GatewayError, UpstreamError
-from pixelgate.core.request import GATEWAY_ONLY_FIELDS, MAX_EDIT_IMAGES, ImageEditRequest, ImageGenerationRequest, ImageRequest
+from pixelgate.core.request import MAX_EDIT_IMAGES, ImageRequest
 from pixelgate.core.translator import Edit, Ending, Generation, ProviderSettings, UpstreamRequest
 from pixelgate.core.upload import FilePiece, StreamedBody
 from pixelgate.core.usage import InputTokensDetails, OutputTokensDetails, Usage
@@ -339,7 +340,7 @@ class GeminiAdapter(AdapterBase[GeminiOptions]):
         self.require_files(e)
         headers = self.settle_edit(e)
         request = e.request
-        config, request_level, fmt = self._config(request, _edit_native(e))
+        config, request_level, fmt = self._config(request, edit_native_fields(e))
         # Under `drop`, images past the limit are left out (the header says `image`);
         # a mask never goes (Gemini has no mask input).
         images = e.images[: self.table.max_edit_images]
@@ -385,30 +386,3 @@ class GeminiAdapter(AdapterBase[GeminiOptions]):
 
     def _meta(self, request: ImageRequest, fmt: str) -> ImageMeta:
         return ImageMeta(created=int(self.clock()), size=reported_size(request.size), output_format=fmt)
-
-
-# An edit's fields that are not native: the OpenAI schema's (style included:
-# edits have none, and it must not reach Gemini as a native field) and the gateway's.
-_KNOWN_EDIT = frozenset(ImageGenerationRequest.__struct_fields__) | frozenset(ImageEditRequest.__struct_fields__) | GATEWAY_ONLY_FIELDS
-_raw_map = msgspec.json.Decoder(dict[str, msgspec.Raw])
-_any = msgspec.json.Decoder()
-
-
-def _edit_native(e: Edit) -> dict[str, msgspec.Raw]:
-    """An edit's fields outside the OpenAI schema, from its JSON body or its form."""
-    if e.json_body is not None:
-        return {k: v for k, v in _raw_map.decode(e.json_body).items() if k not in _KNOWN_EDIT}
-    return {name: _form_value(value) for name, value in e.fields if name not in _KNOWN_EDIT}
-
-
-def _form_value(value: str) -> msgspec.Raw:
-    """A form field's text as a JSON value: JSON other than a string or null
-    (``42``, ``0.5``, ``true`` as SDKs send booleans, an object) as itself,
-    anything else as the string it is."""
-    try:
-        parsed = _any.decode(value)
-    except msgspec.DecodeError:
-        parsed = value
-    if isinstance(parsed, str) or parsed is None:
-        return msgspec.Raw(_encoder.encode(value))
-    return msgspec.Raw(value.strip().encode())

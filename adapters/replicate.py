@@ -61,15 +61,12 @@ from msgspec import Meta
 
 from pixelgate.adapters.base import AdapterBase, check_base_url
 from pixelgate.adapters.capabilities import Capabilities
+from pixelgate.adapters.edit_body import FileInput, data_uris, edit_native_fields, json_pieces, streamed
 from pixelgate.adapters.fetched import (
     FetchingTranslator,
     FetchOptions,
-    FileInput,
     Polling,
     Step,
-    edit_native_fields,
-    json_with_files,
-    streamed,
 )
 from pixelgate.adapters.images_out import EDIT_COMPLETED, GENERATION_COMPLETED, ImageMeta, ImagesWriter
 from pixelgate.adapters.params import aspect_ratio, native_fields, parse_size, reported_size
@@ -361,15 +358,15 @@ class ReplicateAdapter(AdapterBase[ReplicateOptions]):
         # Past settle_edit, images beyond the table's limit, or a mask the
         # model cannot take, were dropped by the policy: they are not sent.
         images = e.images[: self.table.max_edit_images]
-        files: dict[str, FileInput] = {names.images: images} if names.images is not None else {}
+        files: list[tuple[str, FileInput]] = [(names.images, images)] if names.images is not None else []
         if names.image is not None:
-            files[names.image] = images[0]
+            files.append((names.image, images[0]))
         if names.mask is not None and e.mask is not None:
-            files[names.mask] = e.mask
+            files.append((names.mask, e.mask))
         url, extra = _model_call(self._base, e.upstream_model)
         # {"version"?, "input": {…, the files}}: the input object is the last member.
         outer = _encoder.encode(extra)[:-1] + (b',"input":' if extra else b'"input":')
-        body = streamed(outer, *json_with_files(fields, files), b"}")
+        body = streamed(outer, *json_pieces([(name, data_uris(value)) for name, value in files], fields), b"}")
         return self._translator(e.request, url, body, meta, headers, EDIT_COMPLETED)
 
     def _fields(self, request: ImageRequest, native: dict[str, msgspec.Raw]) -> tuple[dict[str, object], ImageMeta]:

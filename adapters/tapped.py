@@ -15,19 +15,15 @@ generation.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-
-import msgspec
+from collections.abc import Callable, Mapping
 
 from pixelgate.adapters.images_out import ImagesWriter
 from pixelgate.adapters.jsontap import Close, JsonTap, Open, Path
 from pixelgate.adapters.provider_errors import json_media
 from pixelgate.core.errors import GatewayError
-from pixelgate.core.request import GATEWAY_ONLY_FIELDS, ImageEditRequest
-from pixelgate.core.translator import Edit, Ending, Opening, ResponseHead, UpstreamRequest
-from pixelgate.core.upload import FilePiece, InputImage, StreamedBody
+from pixelgate.core.translator import Ending, Opening, ResponseHead, UpstreamRequest
 
-__all__ = ["Piece", "TappedTranslator", "data_uri", "edit_native_fields", "json_object"]
+__all__ = ["TappedTranslator"]
 
 
 class TappedTranslator:
@@ -80,74 +76,3 @@ class TappedTranslator:
 
     def error(self, status: int, headers: Mapping[str, str], body: bytes) -> GatewayError:
         raise NotImplementedError
-
-
-# A piece of an upstream body built here: literal bytes, or a spooled file's.
-Piece = bytes | FilePiece
-
-
-def data_uri(image: InputImage) -> list[Piece]:
-    """A JSON string holding ``image`` as a ``data:`` URI, as body pieces: the
-    base64 is encoded from the spool file while the body is sent, so the
-    adapter never holds the image. Base64 needs no JSON escaping."""
-    return [b'"data:' + image.media_type.encode() + b";base64,", FilePiece(image, "base64"), b'"']
-
-
-_encoder = msgspec.json.Encoder()
-
-
-def json_object(members: Sequence[tuple[str, Sequence[Piece]]], fields: Mapping[str, object]) -> StreamedBody:
-    """A JSON object: ``members`` first (a name and its value as pieces, such as
-    ``data_uri``'s), then ``fields`` as msgspec encodes them. The caller keeps
-    the names apart (a name in both would be sent twice)."""
-    pieces: list[Piece] = [b"{"]
-    for i, (name, value) in enumerate(members):
-        pieces += [b"," if i else b"", _encoder.encode(name) + b":", *value]
-    if fields:
-        # msgspec writes an object as {...} with no whitespace: its inside is spliced in.
-        pieces += [b"," if members else b"", _encoder.encode(fields)[1:-1]]
-    pieces.append(b"}")
-    # Adjacent bytes joined: fewer, larger writes for the transport.
-    joined: list[Piece] = []
-    for piece in pieces:
-        if isinstance(piece, bytes) and joined and isinstance(joined[-1], bytes):
-            joined[-1] += piece
-        else:
-            joined.append(piece)
-    return StreamedBody(tuple(joined))
-
-
-# An edit's fields that are the gateway's to read; the rest are the provider's own.
-# `style` is a generation parameter, not an edit's: never a provider's own field
-# (xAI, for one, refuses it with a 400 where an edit should just go without it).
-_EDIT_KNOWN = frozenset(ImageEditRequest.__struct_fields__) | GATEWAY_ONLY_FIELDS | {"style"}
-_raw_map = msgspec.json.Decoder(dict[str, msgspec.Raw])
-_any = msgspec.json.Decoder()
-
-
-def edit_native_fields(e: Edit, exclude: frozenset[str] = frozenset()) -> dict[str, msgspec.Raw]:
-    """The client's fields of an edit outside the OpenAI schema (``seed``,
-    ``steps``, ``resolution``, …), as JSON values for a flat provider body,
-    less ``exclude`` (the names the adapter fills with the images).
-
-    A JSON edit's values go as they came. A form carries only text: a value
-    that is JSON other than a string (``42``, ``1.5``, ``true`` as the SDKs
-    send booleans, an object or a list) goes as that JSON, anything else as
-    a string, so ``seed=42`` reaches the provider as the number it takes.
-    """
-    skip = _EDIT_KNOWN | exclude
-    if e.json_body is not None:
-        return {k: v for k, v in _raw_map.decode(e.json_body).items() if k not in skip}
-    out: dict[str, msgspec.Raw] = {}
-    for name, value in e.fields:
-        if name in skip:
-            continue
-        try:
-            parsed = _any.decode(value)
-        except msgspec.DecodeError:
-            parsed = value
-        if isinstance(parsed, str) or parsed is None:
-            out[name] = msgspec.Raw(_encoder.encode(value))
-        else:
-            out[name] = msgspec.Raw(value.strip().encode())
-    return out

@@ -27,11 +27,12 @@ import msgspec
 
 from pixelgate.adapters.base import AdapterBase, bearer
 from pixelgate.adapters.capabilities import Capabilities
+from pixelgate.adapters.edit_body import data_uri, edit_native_fields, json_pieces, streamed
 from pixelgate.adapters.images_out import EDIT_COMPLETED, ImageMeta, ImagesWriter
 from pixelgate.adapters.jsontap import Path
 from pixelgate.adapters.params import Policy, native_fields, parse_size, reported_size
 from pixelgate.adapters.provider_errors import error_message, malformed, provider_error
-from pixelgate.adapters.tapped import TappedTranslator, data_uri, edit_native_fields, json_object
+from pixelgate.adapters.tapped import TappedTranslator
 from pixelgate.core.errors import GatewayError
 from pixelgate.core.request import ImageRequest
 from pixelgate.core.translator import Edit, Ending, Generation, ProviderSettings, UpstreamRequest
@@ -123,7 +124,7 @@ class TogetherAdapter(AdapterBase[TogetherOptions]):
         # `image_url` is the gateway's to fill (with the upload), not the client's.
         fields, meta = self._fields(e.request, e.upstream_model, edit_native_fields(e, exclude=frozenset({"image_url"})))
         # Only the first image: under the drop policy the others are left out.
-        body = json_object([("image_url", data_uri(e.images[0]))], fields)
+        body = streamed(*json_pieces([("image_url", data_uri(e.images[0]))], fields))
         call = UpstreamRequest("POST", self._url, {**self._headers, "X-Request-Id": e.request_id}, body)
         writer = ImagesWriter(e.request.streaming, meta, event=EDIT_COMPLETED)
         return TogetherTranslator(self.name, call, writer, _select, headers)

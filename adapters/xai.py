@@ -65,11 +65,12 @@ import msgspec
 
 from pixelgate.adapters.base import AdapterBase, bearer
 from pixelgate.adapters.capabilities import Capabilities
+from pixelgate.adapters.edit_body import Piece, data_uri, edit_native_fields, json_pieces, streamed
 from pixelgate.adapters.images_out import EDIT_COMPLETED, ImageMeta, ImagesWriter
 from pixelgate.adapters.jsontap import Close, Open, Path
 from pixelgate.adapters.params import Policy, aspect_ratio, native_fields, parse_size, reported_size
 from pixelgate.adapters.provider_errors import auth_failed, error_message, malformed, moderation_blocked, provider_error
-from pixelgate.adapters.tapped import Piece, TappedTranslator, data_uri, edit_native_fields, json_object
+from pixelgate.adapters.tapped import TappedTranslator
 from pixelgate.core.errors import GatewayError, UpstreamProtocolError
 from pixelgate.core.request import ImageRequest
 from pixelgate.core.translator import Edit, Ending, Generation, ProviderSettings, UpstreamRequest
@@ -308,7 +309,7 @@ class XaiAdapter(AdapterBase[XaiOptions]):
         # Under the drop policy, images past what xAI takes are left out.
         images = e.images[: self.table.max_edit_images]
         member = ("image", _image_ref(images[0])) if len(images) == 1 else ("images", _image_refs(images))
-        body = json_object([member], fields)
+        body = streamed(*json_pieces([member], fields))
         call = UpstreamRequest("POST", self._edit_url, {**self._headers, "X-Request-Id": e.request_id}, body)
         writer = ImagesWriter(request.streaming, meta, event=EDIT_COMPLETED)
         return XaiTranslator(self.name, call, writer, headers, urls)
