@@ -52,18 +52,22 @@ Size = Annotated[str, Meta(pattern=r"^(auto|[1-9][0-9]{1,4}x[1-9][0-9]{1,4})$")]
 # the one to judge them. Translating adapters check them against what their
 # provider takes (``pixelgate.adapters.capabilities``).
 Value = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")]
+# A model name goes into response headers (x-pixelgate-upstream-model, for a
+# "*" route) and logs: no control characters (CR, LF, NUL, DEL, ...), bounded.
+ModelName = Annotated[str, Meta(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
 class ImageRequest(msgspec.Struct, kw_only=True):
     """What generations and edits share."""
 
     prompt: Annotated[str, Meta(min_length=1)]
-    model: str | UnsetType | None = UNSET
+    model: ModelName | UnsetType | None = UNSET
     n: Annotated[int, Meta(ge=1, le=10)] | UnsetType | None = UNSET
     size: Size | UnsetType | None = UNSET
     quality: Value | UnsetType | None = UNSET
     response_format: Literal["url", "b64_json"] | UnsetType | None = UNSET
-    user: str | UnsetType = UNSET
+    # Nullable like every other optional field (generated clients send null).
+    user: str | UnsetType | None = UNSET
     background: Value | UnsetType | None = UNSET
     moderation: Value | UnsetType | None = UNSET
     output_format: Value | UnsetType | None = UNSET

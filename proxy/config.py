@@ -154,6 +154,9 @@ class RoutingConfig(msgspec.Struct, forbid_unknown_fields=True):
     retry_after_max: Annotated[float, Meta(ge=0)] = 30.0
     # One deadline for all attempts of a request.
     deadline: Seconds = 1800.0
+    # The model of a request that names none (some clients make `model`
+    # optional); without it such a request is a 400, as OpenAI answers.
+    default_model: Annotated[str, Meta(min_length=1)] | None = None
     breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
 
 
@@ -282,6 +285,9 @@ def _check(config: Config) -> Config:
     for name in config.prices:
         if name not in config.models:
             raise ConfigError(f"prices.{name}: no model of that name is configured")
+    default = config.routing.default_model
+    if default is not None and default not in config.models and WILDCARD not in config.models:
+        raise ConfigError(f"routing.default_model: no model {default!r} is configured (nor a {WILDCARD!r} route)")
     for name, model in config.models.items():
         for i, deployment in enumerate(model.deployments):
             if deployment.provider not in config.providers:

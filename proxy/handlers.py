@@ -6,13 +6,13 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from pixelgate.core.errors import GatewayError, InvalidRequest, PayloadTooLarge
+from pixelgate.core.errors import GatewayError, InvalidRequest, ModelNotFound, PayloadTooLarge
 from pixelgate.core.prices import cost_usd
 from pixelgate.core.record import AttemptRecord, RequestRecord
 from pixelgate.core.request import ImageRequest, convert_edit_form, decode_edit, decode_request, with_user
@@ -38,7 +38,7 @@ from pixelgate.proxy.exchange import Exchange, Outcome
 from pixelgate.proxy.routing import Route
 from pixelgate.proxy.uploads import Spool, json_images, read_form
 
-__all__ = ["edits", "generations", "healthz", "metrics", "models", "providers", "readyz"]
+__all__ = ["edits", "generations", "healthz", "metrics", "model", "models", "providers", "readyz"]
 
 _GENERATIONS = "images.generations"
 _EDITS = "images.edits"
@@ -142,16 +142,21 @@ class _Admitted:
     translator: Callable[[Route], Translator]
 
 
+_R = TypeVar("_R", bound=ImageRequest)
+
 # Reads and checks one operation's request; the ExitStack holds what must
 # outlive it until the response is done (an edit's spool).
 Admit = Callable[[web.Request, RequestRecord, ExitStack], Awaitable[_Admitted]]
 
 
-async def _route_and_admit(request: web.Request, req: ImageRequest) -> tuple[list[Route], Ticket | None]:
-    """Check the model, route it, and take its quota.
+async def _route_and_admit(request: web.Request, req: _R) -> tuple[_R, list[Route], Ticket | None]:
+    """Check the model (the configured default if it names none), route it, and take its quota.
 
     The quota comes last, so a request refused for any other reason takes none.
     """
+    default = request.app[CONFIG].routing.default_model
+    if default is not None and not isinstance(req.model, str):
+        req = msgspec.structs.replace(req, model=default)
     app = request.app
     access = app[ACCESS]
     client = request.get(CLIENT)
@@ -160,7 +165,7 @@ async def _route_and_admit(request: web.Request, req: ImageRequest) -> tuple[lis
     ticket = await access.admit(client, req)
     if ticket is not None:
         response_headers(request).update(quota_headers(ticket.requests, ticket.images))
-    return routes, ticket
+    return req, routes, ticket
 
 
 def _user(request: web.Request) -> str | None:
@@ -174,7 +179,7 @@ async def _admit_generation(request: web.Request, record: RequestRecord, stack: 
     body_read_at = asyncio.get_running_loop().time()
     req = decode_request(body)
     record.stream = req.streaming
-    routes, ticket = await _route_and_admit(request, req)
+    req, routes, ticket = await _route_and_admit(request, req)
     if (user := _user(request)) is not None:
         body = with_user(body, user)
         req = msgspec.structs.replace(req, user=user)
@@ -216,7 +221,7 @@ async def _admit_edit(request: web.Request, record: RequestRecord, stack: ExitSt
         )
     body_read_at = asyncio.get_running_loop().time()
     record.stream = req.streaming
-    routes, ticket = await _route_and_admit(request, req)
+    req, routes, ticket = await _route_and_admit(request, req)
     if (user := _user(request)) is not None:
         req = msgspec.structs.replace(req, user=user)
         fields = [(k, v) for k, v in fields if k != "user"] + [("user", user)]
@@ -306,11 +311,35 @@ def _finish(
     metrics.observe_request(r)
 
 
+def _known_models(app: web.Application) -> list[str]:
+    """The models this gateway names: configured ones, and for a ``"*"`` route
+    the names the config knows otherwise (priced, the default)."""
+    config = app[CONFIG]
+    names = list(app[ROUTER].public_models)
+    for name in (*config.prices, config.routing.default_model):
+        if name is not None and name not in names:
+            names.append(name)
+    return names
+
+
+def _model_object(name: str) -> dict[str, object]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "pixelgate"}
+
+
 async def models(request: web.Request) -> web.Response:
     client = request.get(CLIENT)
-    names = [n for n in request.app[ROUTER].public_models if client is None or client.may_use(n)]
-    data = [{"id": name, "object": "model", "created": 0, "owned_by": "pixelgate"} for name in names]
-    return web.json_response({"object": "list", "data": data})
+    names = [n for n in _known_models(request.app) if client is None or client.may_use(n)]
+    return web.json_response({"object": "list", "data": [_model_object(name) for name in names]})
+
+
+async def model(request: web.Request) -> web.Response:
+    """``GET /v1/models/{id}`` (the SDKs' ``models.retrieve``): any model this gateway routes."""
+    name = request.match_info["model"]
+    client = request.get(CLIENT)
+    routable = name in _known_models(request.app) or request.app[ROUTER].routes_any(name)
+    if not routable or (client is not None and not client.may_use(name)):
+        raise ModelNotFound(f"The model `{name[:256]}` does not exist or is not served by this gateway.", param="model")
+    return web.json_response(_model_object(name))
 
 
 async def providers(request: web.Request) -> web.Response:

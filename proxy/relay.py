@@ -36,6 +36,7 @@ from pixelgate.core.errors import (
 from pixelgate.core.translator import ResponseHead
 from pixelgate.core.usage import Usage
 from pixelgate.proxy.exchange import Exchange, Outcome
+from pixelgate.proxy.header_values import safe_headers
 from pixelgate.proxy.meter import BodyMeter, EventInfo, KeyScanner, add_usage, classify, inspect_event
 from pixelgate.proxy.sse import KEEPALIVE, EventFramer, EventTooLarge, Span, span_views, without_unsafe_fields
 from pixelgate.proxy.state import GatewayState
@@ -90,7 +91,8 @@ class _Client:
 
 
 def _response(ex: Exchange, upstream: Upstream, head: ResponseHead, upstream_headers: Mapping[str, str]) -> web.StreamResponse:
-    resp = web.StreamResponse(status=200, headers={**head.headers, **upstream.client_headers, **ex.headers})
+    # Upstream headers came through an HTTP parser; the gateway's own may hold client input.
+    resp = web.StreamResponse(status=200, headers={**head.headers, **safe_headers({**upstream.client_headers, **ex.headers})})
     resp.content_type = head.content_type
     if head.stream:
         resp.headers["Cache-Control"] = "no-cache"

@@ -70,6 +70,10 @@ class Router:
     def public_models(self) -> list[str]:
         return [name for name in self._config.models if name != WILDCARD]
 
+    def routes_any(self, model: str) -> bool:
+        """Whether a request for ``model`` has a route (its own, or ``"*"``)."""
+        return model in self._candidates or WILDCARD in self._candidates
+
     def routes(self, model: str | UnsetType | None, prefs: ProviderPreferences | UnsetType) -> list[Route]:
         if not isinstance(model, str) or not model:
             raise InvalidRequest("You must provide a model parameter.", param="model", code="missing_required_parameter")

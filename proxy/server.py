@@ -41,6 +41,7 @@ from pixelgate.proxy.app_keys import (
 from pixelgate.proxy.breaker import Breaker
 from pixelgate.proxy.config import WILDCARD, Config
 from pixelgate.proxy.demo.engine import DemoEngine
+from pixelgate.proxy.header_values import safe_headers
 from pixelgate.proxy.loop import new_event_loop
 from pixelgate.proxy.relay import RelaySettings
 from pixelgate.proxy.routing import Provider, Router
@@ -60,7 +61,7 @@ _READ_BUFSIZE = 256 * 1024
 
 def _error_response(err: GatewayError) -> web.Response:
     status, headers, body = render_error(err)
-    return web.Response(status=status, headers=headers, body=body)
+    return web.Response(status=status, headers=safe_headers(headers), body=body)
 
 
 def _from_http_exception(exc: web.HTTPException) -> GatewayError:
@@ -175,6 +176,7 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
     app.router.add_post("/v1/images/generations", handlers.generations)
     app.router.add_post("/v1/images/edits", handlers.edits)
     app.router.add_get("/v1/models", handlers.models)
+    app.router.add_get("/v1/models/{model:.+}", handlers.model)
     app.router.add_get("/v1/providers", handlers.providers)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)

@@ -75,6 +75,7 @@ class DemoRequest(msgspec.Struct):
     quality: Literal["auto", "low", "medium", "high", "standard", "hd"] | None = None
     background: Literal["transparent", "opaque", "auto"] | None = None
     output_format: str | None = None
+    response_format: str | None = None
     stream: bool | None = None
     partial_images: Annotated[int, Meta(ge=0, le=3)] | None = None
     demo: Knobs | None = None
@@ -202,8 +203,14 @@ class DemoEngine:
         dims = _parse_size(req.size) if sized else None
         if sized and dims is None:
             return _error(400, f"Invalid size {req.size!r}: use 'auto' or WIDTHxHEIGHT between 16 and 4096.", "invalid_value", "size")
+        # What it cannot do, it refuses (as a provider would), never silently ignores.
         if req.output_format not in (None, "png"):
             return _error(400, "The demo provider renders PNG only.", "invalid_value", "output_format")
+        if req.background == "transparent":
+            return _error(400, "The demo provider renders opaque images only.", "invalid_value", "background")
+        if req.response_format not in (None, "b64_json"):
+            return _error(400, "The demo provider answers base64 (b64_json) only; it keeps no images to link to.",
+                          "invalid_value", "response_format")
         if edit is None:
             assert dims is not None
             job = _Job(req, knobs, dims, b"image_generation", render_png)
