@@ -21,6 +21,13 @@ only complete when the job is, so it would be one long collect that the idle
 timeout cuts. Polling gives one complete status document per call, and the
 relay keeps a streaming client alive meanwhile.
 
+A job abandoned while it runs (the client went away, the total timeout, a
+failed poll: see ``core.translator.Cancellable``) is cancelled with ``PUT
+…/requests/{request_id}/cancel`` (the submit answer's ``cancel_url``, on fal's
+API hosts, with the key; built like the others when it is missing). fal
+stops a queued request and asks a running one to stop; once the status says
+``COMPLETED`` there is nothing left to cancel.
+
 Mapping: ``size`` → ``image_size`` ``{"width","height"}``, ``n`` →
 ``num_images``, ``output_format`` jpeg|png (png unless asked). Fields outside
 the OpenAI schema (``seed``, ``num_inference_steps``, ``guidance_scale``,
@@ -146,6 +153,7 @@ class _Submitted(msgspec.Struct):
     request_id: str
     status_url: str | None = None
     response_url: str | None = None
+    cancel_url: str | None = None
 
 
 class _Status(msgspec.Struct):
@@ -243,6 +251,7 @@ class FalTranslator(FetchingTranslator):
         base = f"{self._app_url}/requests/{job.request_id}"
         self._status_url = job.status_url or f"{base}/status"
         self._response_url = job.response_url or base
+        self.running(self.polling.cancel("PUT", job.cancel_url or f"{base}/cancel"))
         self._phase = "status"
         return self.polling.get(self._status_url)
 
@@ -251,6 +260,7 @@ class FalTranslator(FetchingTranslator):
             return self.polling.get(self._status_url)
         if status.status != "COMPLETED":
             raise UpstreamProtocolError(f"provider {self.provider!r} reported an unknown job status {status.status[:50]!r}")
+        self.ended()
         if status.error and status.error_type:
             # A request error (fal's infrastructure): the result would only repeat it.
             text = f"{status.error} ({status.error_type})"

@@ -8,6 +8,12 @@ base64-encoded as it arrives (``adapters.b64``) into the client's
 only go to the provider's API hosts (they carry its key), downloads only to
 its file hosts, and never with the key.
 
+While the provider's job runs (from the answer that names it to the status
+that ends it) the translator holds the call that cancels it, and ``cancel()``
+returns it (``core.translator.Cancellable``): the driver sends it if the
+exchange is abandoned meanwhile. Subclasses set it with ``running`` and clear
+it with ``ended``; a provider without a cancel endpoint (BFL) never sets it.
+
 When the client asked for ``response_format: url`` without streaming, the
 URLs are relayed as given instead of downloaded (they expire: minutes for
 BFL, hours for Replicate and fal). A ``data:`` URI in place of a URL (some
@@ -72,6 +78,10 @@ class Polling(msgspec.Struct, frozen=True):
         wait = self.interval if delay is None else delay
         return UpstreamRequest("GET", url, self.headers, b"", guard=self.guard, delay=wait)
 
+    def cancel(self, method: str, url: str) -> UpstreamRequest:
+        """A job's cancel call: with the key, so only to the API hosts, at once."""
+        return UpstreamRequest(method, url, self.headers, b"", guard=self.guard)
+
 
 # What a status document says: poll again (this call), or the result URLs.
 Step = UpstreamRequest | list[str]
@@ -84,7 +94,10 @@ _BASE64 = re.compile(rb"[A-Za-z0-9+/]+={0,2}")
 class FetchingTranslator:
     """Subclasses implement ``step`` (read a status document) and ``error``."""
 
-    __slots__ = ("_as_urls", "_download_guard", "_encoder", "_opened", "_opening", "_urls", "downloading", "polling", "provider", "writer")
+    __slots__ = (
+        "_as_urls", "_cancel", "_download_guard", "_encoder", "_opened", "_opening", "_urls", "downloading", "polling",
+        "provider", "writer",
+    )
 
     def __init__(
         self,
@@ -108,6 +121,19 @@ class FetchingTranslator:
         self._encoder = Base64Encoder()
         self._opened = False
         self.downloading = False
+        # The call that cancels the provider's job, while one runs.
+        self._cancel: UpstreamRequest | None = None
+
+    def running(self, cancel: UpstreamRequest | None) -> None:
+        """The provider named its job (still working): how to cancel it, if it can be."""
+        self._cancel = cancel
+
+    def ended(self) -> None:
+        """The provider's job is over (done, failed or cancelled): nothing to cancel."""
+        self._cancel = None
+
+    def cancel(self) -> UpstreamRequest | None:
+        return self._cancel
 
     def step(self, body: bytes) -> Step:
         raise NotImplementedError
@@ -134,6 +160,7 @@ class FetchingTranslator:
         step = self.step(body)
         if isinstance(step, UpstreamRequest):
             return step
+        self.ended()
         if not step:
             raise UpstreamProtocolError(f"provider {self.provider!r} finished the job without any image")
         self._urls = deque(step)

@@ -20,6 +20,15 @@ is done. The answer is a prediction ``{id, status, output, error, urls{get},
   ``upstream_error`` with Replicate's words (the model ran and failed: a retry,
   or another provider, may succeed). ``canceled`` is a 502 too.
 
+A prediction abandoned while it is ``starting`` or ``processing`` (the client
+went away, the total timeout, a failed poll: see ``core.translator.
+Cancellable``) is cancelled with ``POST`` to its ``urls.cancel`` (only on
+Replicate's API hosts, with the key), or ``{base}/v1/predictions/{id}/cancel``
+when the answer has no such URL. During a sync-mode create call the
+prediction has no id yet (Replicate answers only when the wait ends), so a
+client that leaves then cannot have it cancelled: ``wait: 0`` (async mode)
+names the prediction at once, and every abandoned one is cancelled.
+
 Each file is downloaded without the key, only from Replicate's file hosts
 (``replicate.delivery`` and ``*.replicate.delivery``, e.g.
 ``pbxt.replicate.delivery``; options.fetch_hosts), and encoded into
@@ -190,6 +199,7 @@ def _model_call(base: str, model: str) -> tuple[str, dict[str, object]]:
 
 class _Urls(msgspec.Struct):
     get: str | None = None
+    cancel: str | None = None
 
 
 class _Prediction(msgspec.Struct):
@@ -236,13 +246,20 @@ class ReplicateTranslator(FetchingTranslator):
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise malformed(self.provider, exc) from None
         status = prediction.status
-        if status == "succeeded" or (first and status == "processing" and self._files(prediction)):
+        if status == "succeeded":
+            self.ended()
             return self._files(prediction)
+        if first and status == "processing" and (files := self._files(prediction)):
+            return files
         if status in _WORKING:
+            if (cancel := self._cancel_call(prediction)) is not None:
+                self.running(cancel)
             return self._poll(prediction)
         if status == "failed":
+            self.ended()
             raise self._failed(prediction.error)
         if status == "canceled":
+            self.ended()
             raise UpstreamFailure(f"provider {self.provider!r} canceled the prediction", code="upstream_error")
         raise UpstreamProtocolError(f"provider {self.provider!r} answered a prediction with status {status[:40]!r}")
 
@@ -263,6 +280,12 @@ class ReplicateTranslator(FetchingTranslator):
                 raise UpstreamProtocolError(f"provider {self.provider!r} answered a prediction without id or urls.get")
             url = f"{self._base}/v1/predictions/{quote(prediction.id, safe='')}"
         return self.polling.get(url)
+
+    def _cancel_call(self, prediction: _Prediction) -> UpstreamRequest | None:
+        url = prediction.urls.cancel if prediction.urls and prediction.urls.cancel else None
+        if url is None and prediction.id:
+            url = f"{self._base}/v1/predictions/{quote(prediction.id, safe='')}/cancel"
+        return None if url is None else self.polling.cancel("POST", url)
 
     def _failed(self, error: object) -> GatewayError:
         text = (error if isinstance(error, str) else "" if error is None else str(error))[:_MAX_ERROR]

@@ -45,6 +45,10 @@ class RequestRecord:
     cost_usd: float | None = None
     # The gateway key's configured name (never the key itself).
     key: str | None = None
+    # A prefix of the Idempotency-Key's sha256 (never the key), and whether
+    # this response was replayed from the first request with it.
+    idempotency_key: str | None = None
+    replayed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ the values it returns. One module drives it (``pixelgate.proxy.upstream``)::
     upstream status 2xx             ──►     response(status, headers)     -> ResponseHead
     every body chunk                ──►     feed(chunk)  -> bytes, or None = pass through untouched
     upstream EOF                    ──►     finish()     -> Ending (trailing bytes, usage, next call)
+    exchange abandoned mid-job      ──►     cancel()     -> UpstreamRequest | None (Cancellable only)
 
 Providers that answer in several calls (submit, poll, download the result)
 are ``MultiCallTranslator``s: a response whose head says ``collect`` is read
@@ -23,6 +24,13 @@ may name a further call (the next image). Calls to hosts named in a
 provider's answer carry a ``Guard``: the driver refuses hosts outside it and
 bodies over its size, so a provider's answer cannot turn the gateway into an
 open fetcher (or send the provider key elsewhere).
+
+A multi-call translator whose provider can cancel a job is also
+``Cancellable`` (optional): ``cancel()`` describes the call that cancels the
+job as far as the translator knows it, ``None`` before the provider named the
+job or once it finished. The driver sends it (once, bounded, its outcome only
+logged and counted) when the exchange ends by an exception while a job runs:
+the client went away, the total timeout or shutdown ended it, a poll failed.
 
 An ``Adapter`` is a configured provider. It names the operations it serves
 (``generation``, ``edit``) and builds one translator per request of each.
@@ -43,6 +51,7 @@ from pixelgate.core.usage import Usage
 __all__ = [
     "DONE",
     "Adapter",
+    "Cancellable",
     "Clock",
     "Edit",
     "Ending",
@@ -147,6 +156,17 @@ class MultiCallTranslator(Translator, Protocol):
         """A collected status document: the next call, or the head of the
         answer it was itself (e.g. result URLs relayed as URLs), whose bytes
         ``finish`` returns."""
+        ...
+
+
+@runtime_checkable
+class Cancellable(Protocol):
+    """Optional, for a ``MultiCallTranslator`` whose provider can cancel a job."""
+
+    def cancel(self) -> UpstreamRequest | None:
+        """The call that cancels the provider's job (with the key, and a
+        ``Guard`` of the provider's API hosts), or ``None`` when there is none
+        to cancel: before the provider named the job, or once it finished."""
         ...
 
 

@@ -60,6 +60,16 @@ LIMITS = frozenset({"requests_per_minute", "images_per_minute", "concurrent_stre
 # What a request did (pixelgate_images, _tokens, _cost_usd).
 OPERATIONS = frozenset({"generation", "edit"})
 
+# How a cancel call for an abandoned provider job went (pixelgate_provider_cancels_total).
+CANCEL_RESULTS = frozenset({"ok", "error"})
+
+# Why a request with an Idempotency-Key got a 409 (pixelgate_idempotency_conflicts_total):
+# the key was used for another request, the first still ran at the deadline,
+# or its result is not replayable (too large, never finished).
+IDEMPOTENCY_CONFLICTS = frozenset({"mismatch", "in_progress", "too_large", "incomplete"})
+# Whether the replayed request was still running or done (pixelgate_idempotent_replays_total).
+REPLAY_STATES = frozenset({"in_progress", "completed"})
+
 # Circuit breaker states as gauge values.
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 
@@ -172,6 +182,24 @@ class Metrics:
             "(fail closed, 503), admitted (fail open), skipped (a correction, release or charge was lost).",
             ["operation", "action"],
         )
+        self.provider_cancels = counter(
+            "pixelgate_provider_cancels",
+            "Cancel calls sent to providers for jobs abandoned while running (client gone, timeout, shutdown), "
+            "by result: ok, or error (refused, failed or timed out).",
+            ["provider", "result"],
+        )
+        self.idempotent_replays = counter(
+            "pixelgate_idempotent_replays",
+            "Responses replayed to a retry with the same Idempotency-Key (no provider called), by endpoint and "
+            "whether the first request was still running (in_progress, followed as it went) or done (completed).",
+            ["endpoint", "state"],
+        )
+        self.idempotency_conflicts = counter(
+            "pixelgate_idempotency_conflicts",
+            "Requests with an Idempotency-Key answered 409, by reason: mismatch (the key was used for another "
+            "request), in_progress (the first was still running at the deadline), too_large, incomplete.",
+            ["reason"],
+        )
         for model in self._models:
             self.priced.labels(model).set(1 if model in self._prices else 0)
 
@@ -223,6 +251,16 @@ class Metrics:
 
     def limit_backend_error(self, operation: str, action: str) -> None:
         self._child(self.limit_backend_errors, operation, action).inc()
+
+    def provider_cancel(self, provider: str, result: str) -> None:
+        """A cancel call for an abandoned provider job ended (see proxy.upstream)."""
+        self._child(self.provider_cancels, self.provider_label(provider), result if result in CANCEL_RESULTS else OTHER).inc()
+
+    def idempotent_replay(self, endpoint: str, state: str) -> None:
+        self._child(self.idempotent_replays, endpoint, state if state in REPLAY_STATES else OTHER).inc()
+
+    def idempotency_conflict(self, reason: str) -> None:
+        self._child(self.idempotency_conflicts, reason if reason in IDEMPOTENCY_CONFLICTS else OTHER).inc()
 
     def observe_request(self, r: RequestRecord) -> None:
         p, m, s = self.provider_label(r.provider), self.model_label(r.model), "true" if r.stream else "false"

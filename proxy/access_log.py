@@ -2,7 +2,9 @@
 
 What is logged: request id, provider, models, status, stream, durations by
 stage, usage, images, bytes, error type, cost, the worker's pid, and the
-gateway key's configured name. What never is: provider keys, gateway keys (or
+gateway key's configured name, and for a request with an ``Idempotency-Key`` a
+prefix of the key's sha256 (and ``replayed`` when it was answered from the
+first request's record). What never is: provider keys, gateway keys (or
 any part of one), the client's headers, and prompts, unless the operator turns
 ``server.log_prompts`` on.
 """
@@ -48,6 +50,8 @@ class _Line(msgspec.Struct, omit_defaults=True):
     cost_usd: float | None = None
     error_type: str | None = None
     key: str | None = None
+    idempotency_key: str | None = None
+    replayed: bool = False
     prompt: str | None = None
 
 
@@ -86,6 +90,8 @@ def log_request(r: RequestRecord, prompt: str | None = None) -> None:
         cost_usd=r.cost_usd,
         error_type=r.error_type,
         key=r.key,
+        idempotency_key=r.idempotency_key,
+        replayed=r.replayed,
         prompt=prompt,
     )
     log.info("%s", _encoder.encode(line).decode())

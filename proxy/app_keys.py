@@ -9,21 +9,27 @@ from pixelgate.metrics import Metrics
 from pixelgate.proxy.access.control import AccessControl, Client
 from pixelgate.proxy.breaker import Breaker
 from pixelgate.proxy.config import Config
+from pixelgate.proxy.idempotency.store import Store as IdempotencyStore
 from pixelgate.proxy.relay import RelaySettings
 from pixelgate.proxy.routing import Router
 from pixelgate.proxy.state import GatewayState
+from pixelgate.proxy.storage.base import Storage
 
-__all__ = ["ACCESS", "BREAKERS", "CLIENT", "CONFIG", "METRICS", "REGISTRY", "RELAY_SETTINGS", "REQUEST_ID", "RESPONSE_HEADERS", "ROUTER", "STATE"]
+__all__ = ["ACCESS", "BREAKERS", "CLIENT", "CONFIG", "IDEMPOTENCY", "METRICS", "REGISTRY", "RELAY_SETTINGS", "REQUEST_ID", "RESPONSE_HEADERS", "ROUTER", "STATE", "STORAGE"]
 
 
 ACCESS = web.AppKey("access", AccessControl)
 BREAKERS = web.AppKey("breakers", dict[tuple[str, int], Breaker])
 CONFIG = web.AppKey("config", Config)
+# Only when `idempotency.enabled` (set up by proxy.idempotency.flow.idempotency_store).
+IDEMPOTENCY = web.AppKey[IdempotencyStore]("idempotency")
 METRICS = web.AppKey("metrics", Metrics)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 RELAY_SETTINGS = web.AppKey("relay_settings", RelaySettings)
 ROUTER = web.AppKey("router", Router)
 STATE = web.AppKey("state", GatewayState)
+# Only when `storage` is configured (proxy.storage).
+STORAGE = web.AppKey("storage", Storage)
 REQUEST_ID = web.RequestKey("request_id", str)
 # The request's gateway key, once authenticated (absent in open mode).
 CLIENT = web.RequestKey("client", Client)

@@ -21,6 +21,7 @@ from pixelgate.adapters import REGISTRY
 from pixelgate.core.prices import Price
 from pixelgate.core.translator import ProviderSettings
 from pixelgate.proxy.access.config import AccessConfig, KeyConfig, check_access, plaintext_hint
+from pixelgate.proxy.storage.config import StorageConfig, check_storage
 
 __all__ = [
     "WILDCARD",
@@ -29,10 +30,12 @@ __all__ = [
     "Config",
     "ConfigError",
     "Deployment",
+    "IdempotencyConfig",
     "ModelConfig",
     "ProviderConfig",
     "RoutingConfig",
     "ServerConfig",
+    "StorageConfig",
     "Timeouts",
     "load_config",
     "zero_config",
@@ -160,6 +163,23 @@ class RoutingConfig(msgspec.Struct, forbid_unknown_fields=True):
     breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
 
 
+class IdempotencyConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """``Idempotency-Key`` on generations and edits (proxy.idempotency, docs/idempotency.md)."""
+
+    # Off: the header is ignored.
+    enabled: bool = True
+    # How long a finished request's result is replayed for its key.
+    retention: Seconds = 86400.0
+    # A larger response is not kept: a later retry gets 409 idempotency_result_too_large.
+    max_response_bytes: Annotated[int, Meta(ge=1024)] = 64 * MiB
+    # memory: this process only. redis: every worker and replica (the access.redis
+    # server); recorded responses are kept in Redis itself.
+    backend: Literal["memory", "redis"] = "memory"
+    # Where responses are spooled while recorded, and kept by the memory
+    # backend (default: the system's temp dir).
+    spool_dir: str | None = None
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     providers: dict[str, ProviderConfig]
     models: dict[str, ModelConfig]
@@ -169,6 +189,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     prices: dict[str, Price] = {}
     # Gateway keys, per-key limits, CORS (proxy.access).
     access: AccessConfig = msgspec.field(default_factory=AccessConfig)
+    # Stored images behind signed URLs (proxy.storage); off unless configured.
+    storage: StorageConfig | None = None
+    # Idempotency-Key: a retry replays the first request's response (proxy.idempotency).
+    idempotency: IdempotencyConfig = msgspec.field(default_factory=IdempotencyConfig)
 
 
 class ConfigError(Exception):
@@ -230,6 +254,8 @@ class _Document(msgspec.Struct, forbid_unknown_fields=True):
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
     prices: dict[str, Any] = {}
     access: dict[str, Any] = {}
+    storage: Any = None
+    idempotency: IdempotencyConfig = msgspec.field(default_factory=IdempotencyConfig)
 
 
 # A model is a list of deployments (priority order) or a ModelConfig.
@@ -246,7 +272,8 @@ def _decode(data: Any) -> Config:
     prices = {name: _convert(p, Price, f"prices.{name}") for name, p in doc.prices.items()}
     return Config(
         providers=providers, models=models, server=doc.server, routing=doc.routing, prices=prices,
-        access=_decode_access(doc.access),
+        access=_decode_access(doc.access), storage=_decode_storage(doc.storage),
+        idempotency=doc.idempotency,
     )
 
 
@@ -264,6 +291,17 @@ def _decode_access(data: dict[str, Any]) -> AccessConfig:
     except ValueError as exc:
         raise ConfigError(f"access.{exc}") from None
     return access
+
+
+def _decode_storage(data: Any) -> StorageConfig | None:
+    if data is None:
+        return None
+    storage = _convert(data, StorageConfig, "storage")
+    try:
+        check_storage(storage)
+    except ValueError as exc:
+        raise ConfigError(f"storage.{exc}") from None
+    return storage
 
 
 def _check(config: Config) -> Config:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -35,6 +35,9 @@ from pixelgate.proxy.app_keys import (
 )
 from pixelgate.proxy.dispatch import Attempt, dispatch, success_headers
 from pixelgate.proxy.exchange import Exchange, Outcome
+from pixelgate.proxy.idempotency import flow as idempotency
+from pixelgate.proxy.idempotency.keys import RequestIdentity
+from pixelgate.proxy.relay import RelaySettings
 from pixelgate.proxy.routing import Route
 from pixelgate.proxy.uploads import Spool, json_images, read_form
 
@@ -66,11 +69,11 @@ async def _read_body(request: web.Request) -> bytes:
 
 
 async def generations(request: web.Request) -> web.StreamResponse:
-    return await _in_flight(request, _serve(request, _GENERATIONS, "generation", _admit_generation))
+    return await _in_flight(request, _serve(request, _GENERATIONS, "generation", _read_generation))
 
 
 async def edits(request: web.Request) -> web.StreamResponse:
-    return await _in_flight(request, _serve(request, _EDITS, "edit", _admit_edit))
+    return await _in_flight(request, _serve(request, _EDITS, "edit", _read_edit))
 
 
 async def _in_flight(request: web.Request, work: Awaitable[web.StreamResponse]) -> web.StreamResponse:
@@ -142,11 +145,22 @@ class _Admitted:
     translator: Callable[[Route], Translator]
 
 
+@dataclass(slots=True)
+class _Read:
+    """A request read and decoded, not yet routed nor counted against its key's limits."""
+
+    request: ImageRequest
+    # What makes a retry the same request (for an Idempotency-Key).
+    identity: RequestIdentity
+    # The rest of its admission: route it, take its quota.
+    admit: Callable[[], Awaitable[_Admitted]]
+
+
 _R = TypeVar("_R", bound=ImageRequest)
 
 # Reads and checks one operation's request; the ExitStack holds what must
 # outlive it until the response is done (an edit's spool).
-Admit = Callable[[web.Request, RequestRecord, ExitStack], Awaitable[_Admitted]]
+Read = Callable[[web.Request, RequestRecord, ExitStack], Awaitable[_Read]]
 
 
 async def _route_and_admit(request: web.Request, req: _R) -> tuple[_R, list[Route], Ticket | None]:
@@ -174,41 +188,52 @@ def _user(request: web.Request) -> str | None:
     return client.name if client is not None and request.app[ACCESS].config.set_user else None
 
 
-async def _admit_generation(request: web.Request, record: RequestRecord, stack: ExitStack) -> _Admitted:
+async def _read_generation(request: web.Request, record: RequestRecord, stack: ExitStack) -> _Read:
     body = await _read_body(request)
     body_read_at = asyncio.get_running_loop().time()
-    req = decode_request(body)
-    record.stream = req.streaming
-    req, routes, ticket = await _route_and_admit(request, req)
-    if (user := _user(request)) is not None:
-        body = with_user(body, user)
-        req = msgspec.structs.replace(req, user=user)
-    rid = record.request_id
+    decoded = decode_request(body)
+    record.stream = decoded.streaming
 
-    def translator(route: Route) -> Translator:
-        return route.provider.adapter.generation(Generation(req, body, route.upstream_model, rid))
+    async def admit() -> _Admitted:
+        req, routes, ticket = await _route_and_admit(request, decoded)
+        sent = body
+        if (user := _user(request)) is not None:
+            sent = with_user(body, user)
+            req = msgspec.structs.replace(req, user=user)
+        rid = record.request_id
 
-    return _Admitted(req, body_read_at, routes, ticket, translator)
+        def translator(route: Route) -> Translator:
+            return route.provider.adapter.generation(Generation(req, sent, route.upstream_model, rid))
+
+        return _Admitted(req, body_read_at, routes, ticket, translator)
+
+    return _Read(decoded, RequestIdentity(request.method, request.path, body=body), admit)
 
 
-async def _admit_edit(request: web.Request, record: RequestRecord, stack: ExitStack) -> _Admitted:
+async def _read_edit(request: web.Request, record: RequestRecord, stack: ExitStack) -> _Read:
     server = request.app[CONFIG].server
     spool = Spool(server.upload_dir)
     stack.callback(spool.close)
     json_body: bytes | None = None
+    identity = RequestIdentity(request.method, request.path)
     if request.content_type == "multipart/form-data":
         limit = server.body_limit(request.path)
         if request.content_length is not None and request.content_length > limit:
             raise _too_large(request)
         form = await read_form(request, spool, limit)
         fields = form.fields
-        req = convert_edit_form(dict(fields))
+        decoded = convert_edit_form(dict(fields))
         images, mask = tuple(form.images), form.mask
+        files = [("image", image.filename, image.path) for image in images]
+        if mask is not None:
+            files.append(("mask", mask.filename, mask.path))
+        identity = RequestIdentity(request.method, request.path, fields=tuple(fields), files=tuple(files))
     elif request.content_type == "application/json":
         json_body = await _read_body(request)
-        req = decode_edit(json_body)
-        images, mask = json_images(req, spool)
+        decoded = decode_edit(json_body)
+        images, mask = json_images(decoded, spool)
         fields = []
+        identity = RequestIdentity(request.method, request.path, body=json_body)
     elif request.content_type == "application/x-www-form-urlencoded":
         # A form without files (what clients send when no file was attached).
         raise InvalidRequest("An edit needs at least one `image` file.", param="image", code="missing_required_parameter")
@@ -220,21 +245,25 @@ async def _admit_edit(request: web.Request, record: RequestRecord, stack: ExitSt
             status=415,
         )
     body_read_at = asyncio.get_running_loop().time()
-    record.stream = req.streaming
-    req, routes, ticket = await _route_and_admit(request, req)
-    if (user := _user(request)) is not None:
-        req = msgspec.structs.replace(req, user=user)
-        fields = [(k, v) for k, v in fields if k != "user"] + [("user", user)]
-        if json_body is not None:
-            json_body = with_user(json_body, user)
-    rid = record.request_id
-    text = tuple(fields)
+    record.stream = decoded.streaming
 
-    def translator(route: Route) -> Translator:
-        edit = Edit(req, images, mask, text, json_body, route.upstream_model, rid)
-        return route.provider.adapter.edit(edit)
+    async def admit() -> _Admitted:
+        req, routes, ticket = await _route_and_admit(request, decoded)
+        text, sent = tuple(fields), json_body
+        if (user := _user(request)) is not None:
+            req = msgspec.structs.replace(req, user=user)
+            text = (*((k, v) for k, v in fields if k != "user"), ("user", user))
+            if sent is not None:
+                sent = with_user(sent, user)
+        rid = record.request_id
 
-    return _Admitted(req, body_read_at, routes, ticket, translator)
+        def translator(route: Route) -> Translator:
+            edit = Edit(req, images, mask, text, sent, route.upstream_model, rid)
+            return route.provider.adapter.edit(edit)
+
+        return _Admitted(req, body_read_at, routes, ticket, translator)
+
+    return _Read(decoded, identity, admit)
 
 
 def _exchanges(admitted: _Admitted, request_id: str) -> Callable[[Route, list[Attempt], float], Exchange]:
@@ -259,7 +288,16 @@ def _exchanges(admitted: _Admitted, request_id: str) -> Callable[[Route, list[At
     return exchange
 
 
-async def _serve(request: web.Request, endpoint: str, operation: str, admit: Admit) -> web.StreamResponse:
+def _note(record: RequestRecord, exc: BaseException) -> None:
+    if isinstance(exc, GatewayError):
+        record.status, record.error_type = exc.status, exc.error_type
+        # Counted against the provider whose error the client gets.
+        record.provider = exc.headers.get("x-pixelgate-provider", record.provider)
+    elif isinstance(exc, asyncio.CancelledError):
+        record.status, record.error_type = 499, "client_disconnect"
+
+
+async def _serve(request: web.Request, endpoint: str, operation: str, read: Read) -> web.StreamResponse:
     app = request.app
     metrics = app[METRICS]
     loop = asyncio.get_running_loop()
@@ -268,30 +306,62 @@ async def _serve(request: web.Request, endpoint: str, operation: str, admit: Adm
     record = RequestRecord(request_id=request[REQUEST_ID], endpoint=endpoint, stream=False, operation=operation)
     record.key = client.name if client is not None else None
     observer = _Observer(metrics, record)
+    got: _Read | None = None
     admitted: _Admitted | None = None
-    with ExitStack() as stack:
+    stack = ExitStack()
+    # With an Idempotency-Key, the run may be handed to a task of its own
+    # (proxy.idempotency), which then ends the request: record, spool, log.
+    handed_off = False
+
+    async def run(settings: RelaySettings) -> web.StreamResponse:
+        nonlocal admitted
+        assert got is not None
         try:
-            admitted = await admit(request, record, stack)
+            admitted = await got.admit()
             response, _, outcome = await dispatch(
-                request, admitted.routes, _exchanges(admitted, record.request_id), app[RELAY_SETTINGS], app[CONFIG].routing, observer
+                request, admitted.routes, _exchanges(admitted, record.request_id), settings, app[CONFIG].routing, observer
             )
-            record.status, record.error_type = outcome.status, outcome.error_type
-            return response
-        except GatewayError as err:
-            record.status, record.error_type = err.status, err.error_type
-            # Counted against the provider whose error the client gets.
-            record.provider = err.headers.get("x-pixelgate-provider", record.provider)
+        except BaseException as exc:
+            _note(record, exc)
             raise
-        except asyncio.CancelledError:
-            record.status, record.error_type = 499, "client_disconnect"
-            raise
+        record.status, record.error_type = outcome.status, outcome.error_type
+        return response
+
+    async def end() -> None:
+        stack.close()
+        _finish(record, observer.outcome, started, loop.time(), admitted.body_read_at if admitted else None, metrics)
+        if admitted is not None and admitted.ticket is not None:
+            # Images actually returned, the stream slot, the cost: after the last byte.
+            await app[ACCESS].settle(admitted.ticket, record.images, record.cost_usd)
+        prompt = admitted.request.prompt if admitted is not None and app[CONFIG].server.log_prompts else None
+        log_request(record, prompt)
+
+    async def run_then_end(settings: RelaySettings) -> web.StreamResponse:
+        try:
+            return await run(settings)
         finally:
-            _finish(record, observer.outcome, started, loop.time(), admitted.body_read_at if admitted else None, metrics)
-            if admitted is not None and admitted.ticket is not None:
-                # Images actually returned, the stream slot, the cost: after the last byte.
-                await app[ACCESS].settle(admitted.ticket, record.images, record.cost_usd)
-            prompt = admitted.request.prompt if admitted is not None and app[CONFIG].server.log_prompts else None
-            log_request(record, prompt)
+            await end()
+
+    def hand_off(settings: RelaySettings) -> Coroutine[Any, Any, web.StreamResponse]:
+        nonlocal handed_off
+        handed_off = True
+        return run_then_end(settings)
+
+    try:
+        key = idempotency.request_key(request)
+        got = await read(request, record, stack)
+        if key is None:
+            return await run(app[RELAY_SETTINGS])
+        record.idempotency_key = key.log_id
+        record.model = got.request.model if isinstance(got.request.model, str) else None
+        return await idempotency.serve(request, key, got.identity, record, hand_off)
+    except BaseException as exc:
+        if not handed_off:
+            _note(record, exc)
+        raise
+    finally:
+        if not handed_off:
+            await end()
 
 
 def _finish(

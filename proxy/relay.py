@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 
@@ -40,7 +40,7 @@ from pixelgate.proxy.header_values import safe_headers
 from pixelgate.proxy.meter import BodyMeter, EventInfo, KeyScanner, add_usage, classify, inspect_event
 from pixelgate.proxy.sse import KEEPALIVE, EventFramer, EventTooLarge, Span, span_views, without_unsafe_fields
 from pixelgate.proxy.state import GatewayState
-from pixelgate.proxy.upstream import Upstream
+from pixelgate.proxy.upstream import Cancels, Upstream
 
 __all__ = ["ClientTooSlow", "RelaySettings", "relay"]
 
@@ -55,6 +55,10 @@ class RelaySettings:
     write_timeout: float
     # Whether shutdown has passed its grace period (see proxy.state).
     state: GatewayState
+    # Makes the client's response; proxy.idempotency has it record instead of send.
+    response: Callable[..., web.StreamResponse] = web.StreamResponse
+    # Where provider cancel calls of abandoned jobs run, and who counts them.
+    cancels: Cancels | None = None
 
 
 class ClientTooSlow(ConnectionResetError):
@@ -90,9 +94,11 @@ class _Client:
             transport.abort()
 
 
-def _response(ex: Exchange, upstream: Upstream, head: ResponseHead, upstream_headers: Mapping[str, str]) -> web.StreamResponse:
+def _response(
+    ex: Exchange, upstream: Upstream, head: ResponseHead, upstream_headers: Mapping[str, str], settings: RelaySettings
+) -> web.StreamResponse:
     # Upstream headers came through an HTTP parser; the gateway's own may hold client input.
-    resp = web.StreamResponse(status=200, headers={**head.headers, **safe_headers({**upstream.client_headers, **ex.headers})})
+    resp = settings.response(status=200, headers={**head.headers, **safe_headers({**upstream.client_headers, **ex.headers})})
     resp.content_type = head.content_type
     if head.stream:
         resp.headers["Cache-Control"] = "no-cache"
@@ -146,11 +152,11 @@ async def relay(request: web.Request, ex: Exchange, settings: RelaySettings, out
     outcome.sent_at = loop.time()
     try:
         async with asyncio.timeout(ex.timeouts.total) as total:
-            upstream = Upstream(ex, outcome)
+            upstream = Upstream(ex, outcome, settings.cancels)
             try:
                 if upstream.waits and settings.keepalive_interval:
                     stream = True
-                    client = _Client(request, _response(ex, upstream, _WAITING, {}), outcome, settings.write_timeout)
+                    client = _Client(request, _response(ex, upstream, _WAITING, {}, settings), outcome, settings.write_timeout)
                     head = await _keeping_alive(upstream.start(), client, settings.keepalive_interval)
                     if not client.response.prepared:
                         client = None
@@ -158,7 +164,7 @@ async def relay(request: web.Request, ex: Exchange, settings: RelaySettings, out
                     head = await upstream.start()
                 stream = head.stream
                 if client is None:
-                    client = _Client(request, _response(ex, upstream, head, upstream.headers), outcome, settings.write_timeout)
+                    client = _Client(request, _response(ex, upstream, head, upstream.headers, settings), outcome, settings.write_timeout)
                 if stream:
                     await _EventPump(upstream, ex, settings, client).run()
                 else:

@@ -37,16 +37,21 @@ from pixelgate.proxy.app_keys import (
     REQUEST_ID,
     ROUTER,
     STATE,
+    STORAGE,
 )
 from pixelgate.proxy.breaker import Breaker
 from pixelgate.proxy.config import WILDCARD, Config
 from pixelgate.proxy.demo.engine import DemoEngine
 from pixelgate.proxy.header_values import safe_headers
+from pixelgate.proxy.idempotency.flow import idempotency_store
 from pixelgate.proxy.loop import new_event_loop
 from pixelgate.proxy.relay import RelaySettings
 from pixelgate.proxy.routing import Provider, Router
 from pixelgate.proxy.state import GatewayState
+from pixelgate.proxy.storage.app import open_storage, storage_context
+from pixelgate.proxy.storage.serve import serve_file
 from pixelgate.proxy.transport import DemoTransport, HttpTransport, SchemeTransport
+from pixelgate.proxy.upstream import CANCEL_TIMEOUT, Cancels
 
 __all__ = ["create_app", "run", "runner_options", "serve"]
 
@@ -143,6 +148,9 @@ async def _drain(app: web.Application) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.wait(tasks, timeout=5)
+    if state.background:
+        # Cancel calls the ended requests started: each is bounded by CANCEL_TIMEOUT.
+        await asyncio.wait(list(state.background), timeout=CANCEL_TIMEOUT + 1)
 
 
 def create_app(config: Config, registry: CollectorRegistry | None = None) -> web.Application:
@@ -162,6 +170,7 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
         keepalive_interval=config.server.keepalive_interval,
         write_timeout=config.server.write_timeout,
         state=app[STATE],
+        cancels=Cancels(app[STATE].spawn, app[METRICS].provider_cancel),
     )
     app[BREAKERS] = {
         (model, i): Breaker(config.routing.breaker)
@@ -170,6 +179,8 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
     }
     # Before the upstreams: it is closed after them, once no request can settle.
     app.cleanup_ctx.append(limit_backend)
+    # Idempotency keys' store: also closed after the upstreams, once no request records.
+    app.cleanup_ctx.append(idempotency_store)
     app.cleanup_ctx.append(_upstreams)
     app.on_response_prepare.append(add_response_headers)
     app.on_shutdown.append(_drain)
@@ -181,6 +192,13 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics)
+    if config.storage is not None:
+        # Stored images (proxy.storage): the store and its sweeper live with the app;
+        # gateway-served URLs are outside /v1/ (the signature is the credential).
+        app[STORAGE] = open_storage(config.storage)
+        app.cleanup_ctx.append(storage_context)
+        if config.storage.gateway_urls:
+            app.router.add_get("/files/{object_id}", serve_file)
     if config.server.playground:
         app.router.add_get("/", _playground)
         # Plain files, no build step; the browser client is an ES module.

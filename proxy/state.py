@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["GatewayState"]
 
@@ -18,6 +20,16 @@ class GatewayState:
     inflight: set[asyncio.Task[object]] = field(default_factory=set)
     # Set whenever `inflight` becomes empty.
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    # Work that outlives the request that started it (a provider cancel call):
+    # held here until it ends, since the loop keeps only weak references to
+    # tasks, and awaited (bounded) at shutdown.
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(work)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        return task
 
     def enter(self, task: asyncio.Task[object]) -> None:
         self.inflight.add(task)

@@ -18,25 +18,42 @@ Two rules keep it safe under the relay's timers:
   adapter's ``Guard`` before connecting (and again at each redirect, up to
   three; the provider's headers only follow to the same host), and their
   bodies are cut at its size.
+
+An exchange that ends by an exception while a provider job runs (the client
+went away, the total timeout, shutdown past its grace period, a failed
+poll) leaves that job running and billing. ``close`` then sends the call the
+translator describes (``core.translator.Cancellable``) through the same
+transport and guard: once, after the upstream connection is closed, bounded
+by ``CANCEL_TIMEOUT``. It runs as a task of its own, so the cancellation
+that is ending the handler cannot cut it halfway; ``close`` waits for it
+(the handler, and so shutdown's drain, ends only after it), and if ``close``
+is itself cancelled meanwhile, the call still ends on its own within the
+bound. Its outcome is logged (provider and status, never the URL or key)
+and counted, never raised.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Coroutine, Mapping
 from contextlib import AbstractAsyncContextManager, suppress
+from dataclasses import dataclass
+from typing import Any
 
 from yarl import URL
 
-from pixelgate.core.errors import UpstreamProtocolError, UpstreamTimeout
-from pixelgate.core.translator import Guard, MultiCallTranslator, ResponseHead, UpstreamRequest
+from pixelgate.core.errors import GatewayError, UpstreamProtocolError, UpstreamTimeout
+from pixelgate.core.translator import Cancellable, Guard, MultiCallTranslator, ResponseHead, UpstreamRequest
 from pixelgate.core.upload import body_length
 from pixelgate.core.usage import Usage
 from pixelgate.proxy.exchange import Exchange, Outcome
 from pixelgate.proxy.guard import check_url
 from pixelgate.proxy.transport import UpstreamResponse, read_at_most
 
-__all__ = ["ERROR_BODY_LIMIT", "Upstream"]
+__all__ = ["CANCEL_TIMEOUT", "ERROR_BODY_LIMIT", "CancelObserver", "Cancels", "Upstream"]
+
+log = logging.getLogger("pixelgate.upstream")
 
 # Error bodies are small; a provider that sends a huge one gets cut here.
 ERROR_BODY_LIMIT = 64 * 1024
@@ -46,6 +63,49 @@ _COLLECT_LIMIT = 1024 * 1024
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_HOPS = 3
+
+# Seconds a cancel call of an abandoned job may take, connect to last byte.
+CANCEL_TIMEOUT = 5.0
+# Told how each cancel call went: (provider, "ok" | "error"); metrics' provider_cancel.
+CancelObserver = Callable[[str, str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Cancels:
+    """What the app lends the driver for cancel calls: where their tasks are
+    held until they end (a close() cancelled while it waits no longer holds
+    its call; see GatewayState.spawn), and who counts them."""
+
+    spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]]
+    observe: CancelObserver | None = None
+
+
+async def _send_cancel(ex: Exchange, call: UpstreamRequest, observe: CancelObserver | None) -> None:
+    """One cancel call: ``ok`` on a 2xx, else logged as ``error``; never raises (but a cancellation)."""
+    provider, result = ex.provider, "error"
+    try:
+        async with asyncio.timeout(CANCEL_TIMEOUT):
+            if call.guard is not None:
+                check_url(call.url, call.guard, provider)
+            async with ex.transport.open(call, provider, ex.timeouts) as response:
+                status = response.status
+                # Read (a little of) the answer, so the connection can go back to the pool.
+                await read_at_most(response, ERROR_BODY_LIMIT)
+        if 200 <= status < 300:
+            result = "ok"
+            log.info("provider %r: cancelled the abandoned job", provider)
+        else:
+            log.warning("provider %r answered the cancel call of an abandoned job with HTTP %d", provider, status)
+    except TimeoutError:
+        log.warning("provider %r: the cancel call of an abandoned job took over %g s; given up", provider, CANCEL_TIMEOUT)
+    except GatewayError as exc:
+        # Transport and guard messages name the provider (and a host), never a URL or a key.
+        log.warning("provider %r: the cancel call of an abandoned job failed: %s", provider, exc.message)
+    except Exception as exc:  # never raised: the exchange is over already
+        log.warning("provider %r: the cancel call of an abandoned job failed (%s)", provider, type(exc).__name__)
+    finally:
+        if observe is not None:
+            observe(provider, result)
 
 
 def _redirected(call: UpstreamRequest, location: str) -> UpstreamRequest:
@@ -71,12 +131,15 @@ _ANSWERED = _Answered()
 
 class Upstream:
     __slots__ = (
-        "_cm", "_count", "_ex", "_guard", "_next", "_opening", "_outcome", "_response", "_started", "headers", "usage",
+        "_cancelled", "_cancels", "_cm", "_count", "_ex", "_guard", "_next", "_opening", "_outcome", "_response",
+        "_started", "headers", "usage",
     )
 
-    def __init__(self, ex: Exchange, outcome: Outcome) -> None:
+    def __init__(self, ex: Exchange, outcome: Outcome, cancels: Cancels | None = None) -> None:
         self._ex = ex
         self._outcome = outcome
+        self._cancels = cancels
+        self._cancelled = False
         self._opening = ex.translator.request()
         self._cm: AbstractAsyncContextManager[UpstreamResponse] | None = None
         self._response: UpstreamResponse | None = None
@@ -129,7 +192,11 @@ class Upstream:
         return ending.data, False
 
     async def close(self, exc: BaseException | None) -> None:
-        """End the exchange: an error closes the connection, a clean end releases it."""
+        """End the exchange: an error closes the connection, a clean end releases it.
+
+        An error while the provider's job runs also cancels the job (see the
+        module's docstring): this waits for that call, ``CANCEL_TIMEOUT`` at most.
+        """
         if self._next is not None and not self._next.done():
             self._next.cancel()
             with suppress(BaseException):  # its outcome no longer matters
@@ -137,6 +204,26 @@ class Upstream:
         elif self._next is not None and not self._next.cancelled():
             self._next.exception()  # retrieved: no "never retrieved" warning
         await self._close(exc)
+        if exc is not None:
+            await self._cancel_job()
+
+    async def _cancel_job(self) -> None:
+        translator = self._ex.translator
+        if self._cancelled or not isinstance(translator, Cancellable):
+            return
+        call = translator.cancel()
+        if call is None:
+            return
+        self._cancelled = True
+        # A task of its own: the cancellation ending the caller (a client that
+        # left, the total timeout, shutdown) does not reach it, and it is
+        # bounded by its own timeout whether or not anyone still waits.
+        cancels = self._cancels
+        work = _send_cancel(self._ex, call, cancels.observe if cancels else None)
+        # Without an app to hold it (a test driving Upstream alone), the wait below does.
+        task = cancels.spawn(work) if cancels else asyncio.ensure_future(work)
+        # wait() returns when it ends; if this close() is cancelled, the task goes on.
+        await asyncio.wait((task,))
 
     async def _calls(self, call: UpstreamRequest) -> ResponseHead:
         ex = self._ex

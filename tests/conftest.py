@@ -21,6 +21,7 @@ from pixelgate.proxy.demo.server import create_demo_app
 from pixelgate.proxy.server import create_app
 from tests.procs import free_port
 from tests.redis_server import redis_prefix, redis_url  # noqa: F401  (fixtures)
+from tests.seaweedfs_server import s3_prefix, seaweedfs  # noqa: F401  (fixtures)
 
 GatewayFactory = Callable[..., Awaitable[TestServer]]
 

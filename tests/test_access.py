@@ -319,7 +319,7 @@ async def test_cors_preflight_allowed_for_any_configured_origin(cors_gw: TestSer
                 h = resp.headers
                 assert h["Access-Control-Allow-Origin"] == origin
                 assert h["Access-Control-Allow-Methods"] == "GET, POST, OPTIONS"
-                assert h["Access-Control-Allow-Headers"] == "authorization, content-type, api-key, x-request-id, x-stainless-os"
+                assert h["Access-Control-Allow-Headers"] == "authorization, content-type, api-key, x-request-id, idempotency-key, x-stainless-os"
                 assert "Origin" in h["Vary"]
                 assert "Access-Control-Allow-Credentials" not in h
         async with session.options(cors_gw.make_url(GENERATIONS), headers=_preflight(EVIL)) as resp:

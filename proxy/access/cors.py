@@ -19,14 +19,15 @@ from urllib.parse import urlsplit
 __all__ = ["CorsPolicy", "origin_set"]
 
 ALLOW_METHODS = "GET, POST, OPTIONS"
-ALLOW_HEADERS = ("authorization", "content-type", "api-key", "x-request-id")
+ALLOW_HEADERS = ("authorization", "content-type", "api-key", "x-request-id", "idempotency-key")
 # Sent by the official SDKs from a browser (dangerouslyAllowBrowser).
 _ALLOWED_PREFIXES = ("x-stainless-", "openai-")
 EXPOSE_HEADERS = (
     "x-request-id, x-upstream-request-id, retry-after, retry-after-ms, x-should-retry, "
     "x-ratelimit-limit-requests, x-ratelimit-remaining-requests, x-ratelimit-reset-requests, "
     "x-ratelimit-limit-images, x-ratelimit-remaining-images, x-ratelimit-reset-images, "
-    "x-pixelgate-provider, x-pixelgate-upstream-model, x-pixelgate-attempts, x-pixelgate-attempt-log"
+    "x-pixelgate-provider, x-pixelgate-upstream-model, x-pixelgate-attempts, x-pixelgate-attempt-log, "
+    "x-pixelgate-dropped-params, idempotent-replayed"
 )
 _ANY = "*"
 

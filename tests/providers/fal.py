@@ -1,7 +1,13 @@
-"""A loopback server speaking fal's queue API: submit, status, result, files.
+"""A loopback server speaking fal's queue API: submit, status, result, cancel, files.
 
-The status, result and file URLs point back at this server (on 127.0.0.1,
-which is loopback: the guard allows http there).
+The status, result, cancel and file URLs point back at this server (on
+127.0.0.1, which is loopback: the guard allows http there).
+
+``PUT …/requests/{id}/cancel`` answers as fal does (202
+``CANCELLATION_REQUESTED``, or 400 ``ALREADY_COMPLETED`` once the status
+said COMPLETED), recorded in ``seen`` like every call; ``cancel_status``
+forces another status and ``cancel_delay`` makes it hang first. A slow job
+is ``queued_polls`` large: every poll says IN_QUEUE, then IN_PROGRESS.
 
 Edit apps take their images as ``data:`` URIs in ``image_url``,
 ``image_urls`` and ``mask_url``. The fake decodes each strictly (fal would
@@ -12,6 +18,7 @@ recorded ``body`` keeps only the URI's media type and size), and, given
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import itertools
@@ -40,7 +47,8 @@ def decode_data_uri(uri: str) -> tuple[str, bytes]:
 
 def fal_app(seen: list[dict], *, queued_polls: int = 1, nsfw: list[bool] | None = None,
             result_status: int = 200, result_body: dict | None = None,
-            expect_uploads: dict[str, Any] | None = None) -> web.Application:
+            expect_uploads: dict[str, Any] | None = None,
+            cancel_status: int | None = None, cancel_delay: float = 0.0) -> web.Application:
     """``expect_uploads``: input name -> the bytes (a list for ``image_urls``)
     the gateway must have sent; anything else is answered 422."""
     ids = itertools.count(1)
@@ -69,7 +77,7 @@ def fal_app(seen: list[dict], *, queued_polls: int = 1, nsfw: list[bool] | None 
             return web.json_response({"detail": [{"loc": ["body"], "msg": "uploads differ from the files sent",
                                                   "type": "value_error"}]}, status=422)
         rid = f"req-{next(ids)}"
-        jobs[rid] = {"polls": 0, "n": body.get("num_images", 1)}
+        jobs[rid] = {"polls": 0, "n": body.get("num_images", 1), "completed": False}
         # Status and result live under the app id, without the subpath.
         app_id = "/".join(request.match_info["app"].split("/")[:2])
         base = f"http://127.0.0.1:{request.url.port}/{app_id}/requests/{rid}"
@@ -84,7 +92,22 @@ def fal_app(seen: list[dict], *, queued_polls: int = 1, nsfw: list[bool] | None 
         if job["polls"] <= queued_polls:
             return web.json_response({"status": "IN_QUEUE" if job["polls"] == 1 else "IN_PROGRESS",
                                       "queue_position": 0, "logs": None})
+        job["completed"] = True
         return web.json_response({"status": "COMPLETED", "logs": None, "metrics": {"inference_time": 0.1}})
+
+    async def cancel(request: web.Request) -> web.Response:
+        record(request, method=request.method)
+        if cancel_delay:
+            await asyncio.sleep(cancel_delay)
+        job = jobs.get(request.match_info["rid"])
+        if cancel_status is not None:
+            return web.json_response({"detail": "cancel failed"}, status=cancel_status)
+        if job is None:
+            return web.json_response({"detail": "Request not found"}, status=404)
+        if job["completed"]:
+            return web.json_response({"status": "ALREADY_COMPLETED"}, status=400)
+        job["cancelled"] = True
+        return web.json_response({"status": "CANCELLATION_REQUESTED"}, status=202)
 
     async def result(request: web.Request) -> web.Response:
         record(request)
@@ -107,5 +130,6 @@ def fal_app(seen: list[dict], *, queued_polls: int = 1, nsfw: list[bool] | None 
     app.router.add_get("/files/{name}", files)
     app.router.add_get("/{owner}/{alias}/requests/{rid}/status", status)
     app.router.add_get("/{owner}/{alias}/requests/{rid}", result)
+    app.router.add_put("/{owner}/{alias}/requests/{rid}/cancel", cancel)
     app.router.add_post("/{app:.+}", submit)
     return app

@@ -7,6 +7,12 @@ output URLs point at ``/delivery/...`` on this server (127.0.0.1 is loopback:
 the guard allows http there). Failures and HTTP errors are injected by
 arguments.
 
+``POST /v1/predictions/{id}/cancel`` (the prediction's ``urls.cancel``)
+answers as Replicate does: the prediction, now ``canceled`` (one that had
+already finished keeps its status), recorded in ``seen`` like every call;
+``cancel_status`` forces an HTTP error and ``cancel_delay`` makes it hang
+first. A slow prediction is ``pending_polls`` large.
+
 Edits put their images in ``input`` as ``data:`` URIs (a string, or a list
 of them). The fake decodes every such value strictly (Replicate refuses a
 broken one with a 422), keeps the bytes as the prediction's ``uploads``
@@ -72,6 +78,8 @@ def replicate_app(
     delay: float = 0.0,
     files: Files = lambda _input, _uploads: PNG,
     expect_uploads: dict[str, Any] | Callable[[dict[str, Any]], bool] | None = None,
+    cancel_status: int | None = None,
+    cancel_delay: float = 0.0,
 ) -> web.Application:
     """``pending_polls``: how many answers, the create call's first, say the
     prediction is still working (``starting``, then ``processing``); 0 is
@@ -95,6 +103,9 @@ def replicate_app(
             "urls": {"get": f"{base(request)}/v1/predictions/{pid}", "cancel": f"{base(request)}/v1/predictions/{pid}/cancel",
                      "web": f"https://replicate.com/p/{pid}"},
         }
+        if p.get("canceled"):
+            doc["status"] = "canceled"
+            return doc
         if p["polls"] < pending_polls:
             doc["status"] = "starting" if p["polls"] == 0 and request.method == "POST" else "processing"
             return doc
@@ -141,6 +152,22 @@ def replicate_app(
         predictions[pid]["polls"] += 1
         return web.json_response(answer(request, pid))
 
+    async def cancel(request: web.Request) -> web.Response:
+        pid = request.match_info["id"]
+        seen.append({"path": request.path, "method": request.method, "auth": request.headers.get("Authorization")})
+        if cancel_delay:
+            await asyncio.sleep(cancel_delay)
+        if cancel_status is not None:
+            return web.json_response({"title": "Cancel failed", "status": cancel_status, "detail": "cancel failed"},
+                                     status=cancel_status, content_type="application/problem+json")
+        if pid not in predictions:
+            return web.json_response({"title": "Not found", "status": 404, "detail": "Not found."}, status=404,
+                                     content_type="application/problem+json")
+        p = predictions[pid]
+        if p["polls"] < pending_polls:
+            p["canceled"] = True
+        return web.json_response(answer(request, pid))
+
     async def delivery(request: web.Request) -> web.Response:
         pid = request.match_info["id"]
         seen.append({"path": request.path, "auth": request.headers.get("Authorization")})
@@ -151,5 +178,6 @@ def replicate_app(
     app.router.add_post("/v1/models/{owner}/{name}/predictions", create)
     app.router.add_post("/v1/predictions", create)
     app.router.add_get("/v1/predictions/{id}", get)
+    app.router.add_post("/v1/predictions/{id}/cancel", cancel)
     app.router.add_get("/delivery/{id}/{name}", delivery)
     return app
