@@ -30,12 +30,11 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from pixelgate.proxy.access.config import RedisConfig
 from pixelgate.proxy.access.limits import WINDOW, BackendUnavailable, Demand, LimitName, Quota, Refused, Ticket
+from pixelgate.proxy.access.redis_client import connect
 
 __all__ = ["RedisBackend"]
 
@@ -178,15 +177,7 @@ class RedisBackend:
         self._config = config
         self._timeout = config.timeout
         self._lease_ms = round(config.lease_seconds * 1000)
-        # One retry, at once: a stale pooled connection after a Redis restart
-        # is retried on a new one; a dead Redis fails fast.
-        self._client: aioredis.Redis = aioredis.from_url(
-            config.url,
-            socket_timeout=config.timeout,
-            socket_connect_timeout=config.timeout,
-            retry=Retry(NoBackoff(), 1),
-            health_check_interval=0,
-        )
+        self._client: aioredis.Redis = connect(config)
         self._admit = self._client.register_script(_ADMIT)
         self._settle = self._client.register_script(_SETTLE)
         self._refresh = self._client.register_script(_REFRESH)

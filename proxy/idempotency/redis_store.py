@@ -39,12 +39,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from pixelgate.proxy.access.config import RedisConfig
+from pixelgate.proxy.access.redis_client import connect
 from pixelgate.proxy.config import IdempotencyConfig
 from pixelgate.proxy.idempotency.spool import Spool
 from pixelgate.proxy.idempotency.store import Busy, Claim, Ending, Follow, Head, Own, Refused, StoreUnavailable
@@ -153,18 +151,6 @@ class _Keys:
     fence: str
 
 
-def _client(config: RedisConfig, socket_timeout: float) -> aioredis.Redis:
-    # One retry, at once: a stale pooled connection after a Redis restart is
-    # retried on a new one; a dead Redis fails fast.
-    return aioredis.from_url(
-        config.url,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=config.timeout,
-        retry=Retry(NoBackoff(), 1),
-        health_check_interval=0,
-    )
-
-
 class RedisStore:
     def __init__(self, redis: RedisConfig, config: IdempotencyConfig, root: str) -> None:
         self._prefix = redis.prefix
@@ -175,9 +161,9 @@ class RedisStore:
         self._hold_ms = max(self._retention_ms, 2 * self._lease_ms)
         self.max_response_bytes = config.max_response_bytes
         self._root = root
-        self._client = _client(redis, redis.timeout)
+        self._client = connect(redis)
         # Followers' XREAD BLOCK waits longer than a command may take.
-        self._blocking = _client(redis, _BLOCK_MS / 1000 + redis.timeout * 4)
+        self._blocking = connect(redis, _BLOCK_MS / 1000 + redis.timeout * 4)
         self._claim = self._client.register_script(_CLAIM)
         self._append = self._client.register_script(_APPEND)
         self._finish = self._client.register_script(_FINISH)
