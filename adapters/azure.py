@@ -59,7 +59,8 @@ from urllib.parse import quote
 import msgspec
 
 from pixelgate.adapters.base import AdapterBase, check_base_url
-from pixelgate.adapters.openai import EDIT_COMPLETED, PASS_THROUGH, OpenAITranslator
+from pixelgate.adapters.images_out import EDIT_COMPLETED
+from pixelgate.adapters.openai import PASS_THROUGH, OpenAITranslator
 from pixelgate.adapters.openai_wire import edit_call, openai_error
 from pixelgate.adapters.params import Policy
 from pixelgate.adapters.provider_errors import error_message, moderation_blocked, provider_error

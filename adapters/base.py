@@ -84,17 +84,16 @@ class AdapterBase(Generic[OptionsT]):
         checks (for the parameters in ``own`` they replace the table's, which
         then only describes them); the response headers that say what was dropped."""
         problems = [p for p in self.table.problems(request) if p[0] not in own]
-        if extra:
-            problems = self.table.in_order(problems + extra)
-        # Adapters that can refuse anything have an `unsupported` option.
-        policy: Policy = getattr(self.options, "unsupported", "reject")
-        return settle(self.name, problems, policy)
+        return self._settle(problems, extra)
 
     def settle_edit(self, e: Edit, extra: list[tuple[str, str]] | None = None) -> dict[str, str]:
         """``settle`` for an edit: also the input images, the mask and input_fidelity."""
-        problems = self.table.edit_problems(e.request, len(e.images), e.mask is not None)
+        return self._settle(self.table.edit_problems(e.request, len(e.images), e.mask is not None), extra)
+
+    def _settle(self, problems: list[tuple[str, str]], extra: list[tuple[str, str]] | None) -> dict[str, str]:
         if extra:
             problems = self.table.in_order(problems + extra)
+        # Adapters that can refuse anything have an `unsupported` option.
         policy: Policy = getattr(self.options, "unsupported", "reject")
         return settle(self.name, problems, policy)
 

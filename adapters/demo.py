@@ -14,7 +14,8 @@ import msgspec
 from msgspec import Meta
 
 from pixelgate.adapters.base import AdapterBase
-from pixelgate.adapters.openai import EDIT_COMPLETED, PASS_THROUGH, OpenAITranslator
+from pixelgate.adapters.images_out import EDIT_COMPLETED
+from pixelgate.adapters.openai import PASS_THROUGH, OpenAITranslator
 from pixelgate.adapters.openai_wire import edit_call
 from pixelgate.core.request import rewrite_body
 from pixelgate.core.translator import Edit, Generation, ProviderSettings, UpstreamRequest

@@ -16,13 +16,14 @@ import msgspec
 
 from pixelgate.adapters.base import AdapterBase, NoOptions, bearer
 from pixelgate.adapters.capabilities import Capabilities
+from pixelgate.adapters.images_out import EDIT_COMPLETED, GENERATION_COMPLETED
 from pixelgate.adapters.openai_wire import edit_call, forward_headers, openai_error
 from pixelgate.adapters.provider_errors import json_media
 from pixelgate.core.errors import GatewayError, UpstreamProtocolError
 from pixelgate.core.request import rewrite_body
 from pixelgate.core.translator import DONE, Edit, Ending, Generation, Opening, ProviderSettings, ResponseHead, UpstreamRequest
 
-__all__ = ["EDIT_COMPLETED", "GENERATION_COMPLETED", "PASS_THROUGH", "OpenAIAdapter", "OpenAITranslator", "images_to_events"]
+__all__ = ["PASS_THROUGH", "OpenAIAdapter", "OpenAITranslator", "images_to_events"]
 
 # A JSON answer to a stream request is re-framed whole; bound what is held.
 _MAX_SYNTH_BODY = 256 * 1024 * 1024
@@ -93,10 +94,6 @@ class _ImagesResponse(msgspec.Struct):
 
 _images_decoder = msgspec.json.Decoder(_ImagesResponse)
 _encoder = msgspec.json.Encoder()
-
-
-GENERATION_COMPLETED = "image_generation.completed"
-EDIT_COMPLETED = "image_edit.completed"
 
 
 def images_to_events(body: bytes, event_type: str = GENERATION_COMPLETED) -> bytes:
