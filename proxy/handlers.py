@@ -56,16 +56,15 @@ def _too_large(request: web.Request) -> PayloadTooLarge:
 
 async def _read_body(request: web.Request) -> bytes:
     limit = request.app[CONFIG].server.body_limit(request.path)
-    too_large = _too_large(request)
     if request.content_length is not None and request.content_length > limit:
-        raise too_large
+        raise _too_large(request)
     if limit != request.client_max_size:
         # A chunked body has no Content-Length: stop reading it at this endpoint's limit.
         request = request.clone(client_max_size=limit)
     try:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise too_large from None
+        raise _too_large(request) from None
 
 
 async def generations(request: web.Request) -> web.StreamResponse:
@@ -217,10 +216,10 @@ async def _read_edit(request: web.Request, record: RequestRecord, stack: ExitSta
     json_body: bytes | None = None
     identity = RequestIdentity(request.method, request.path)
     if request.content_type == "multipart/form-data":
-        limit = server.body_limit(request.path)
+        limit, too_large = server.body_limit(request.path), _too_large(request)
         if request.content_length is not None and request.content_length > limit:
-            raise _too_large(request)
-        form = await read_form(request, spool, limit)
+            raise too_large
+        form = await read_form(request, spool, limit, too_large)
         fields = form.fields
         decoded = convert_edit_form(dict(fields))
         images, mask = tuple(form.images), form.mask

@@ -71,11 +71,12 @@ class EditForm:
     mask: InputImage | None = None
 
 
-async def read_form(request: web.Request, spool: Spool, limit: int) -> EditForm:
-    """Read the whole form into ``spool``; ``InvalidRequest`` naming the part that is wrong."""
+async def read_form(request: web.Request, spool: Spool, limit: int, too_large: PayloadTooLarge) -> EditForm:
+    """Read the whole form into ``spool``; ``InvalidRequest`` naming the part that is wrong,
+    ``too_large`` once more than ``limit`` bytes came."""
     reader = await request.multipart()
     form = EditForm()
-    budget = _Budget(limit)
+    budget = _Budget(limit, too_large)
     text_bytes = 0
     while True:
         part = await reader.next()
@@ -131,19 +132,16 @@ def check_mask(first: InputImage, mask: InputImage | None) -> None:
 class _Budget:
     """The endpoint's body limit, counted over every part as it is read."""
 
-    __slots__ = ("left", "limit")
+    __slots__ = ("_error", "left")
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
+    def __init__(self, limit: int, error: PayloadTooLarge) -> None:
         self.left = limit
+        self._error = error
 
     def take(self, n: int) -> None:
         self.left -= n
         if self.left < 0:
-            raise PayloadTooLarge(
-                f"Request body is larger than this gateway's limit of {self.limit} bytes "
-                "(server.endpoint_max_body_bytes for /v1/images/edits)."
-            )
+            raise self._error
 
 
 async def _text(part: BodyPartReader, budget: _Budget, room: int) -> bytes:
