@@ -24,7 +24,7 @@ import base64
 import io
 import json
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -65,7 +65,7 @@ def edit_image(index: int, fmt: str, width: int, height: int) -> bytes:
     return out.getvalue()
 
 
-def _fill(node: Any, files: list[bytes] = ()) -> Any:  # type: ignore[assignment]
+def _fill(node: Any, files: Sequence[bytes] = ()) -> Any:
     if isinstance(node, str):
         for i in reversed(range(len(files))):
             node = node.replace(f"$FILE{i}_B64", base64.b64encode(files[i]).decode())

@@ -8,6 +8,8 @@ import { once } from 'node:events';
 import http from 'node:http';
 import { test } from 'node:test';
 
+import { collect, failure, withServer as serve, streamer } from './helpers.mjs';
+
 import { PixelgateError, editImages, imageDataUrl } from '../../proxy/static/pixelgate.js';
 
 const LIMIT = { timeout: 10_000 };
@@ -69,54 +71,14 @@ function multipart(contentType, body) {
   return parts;
 }
 
-/**
- * Serve `handler` on 127.0.0.1 for the duration of `body(baseUrl, seen)`.
- * `seen` records each request's method, url, headers and multipart parts.
- */
-async function withServer(handler, body) {
-  const seen = [];
-  const server = http.createServer(async (req, res) => {
-    const chunks = [];
-    for await (const piece of req) chunks.push(piece);
-    const raw = Buffer.concat(chunks);
-    const contentType = req.headers['content-type'] ?? '';
-    seen.push({ method: req.method, url: req.url, headers: req.headers, raw, parts: contentType.startsWith('multipart/') ? multipart(contentType, raw) : null });
-    await handler(req, res);
-  });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  try {
-    return await body(`http://127.0.0.1:${server.address().port}/v1`, seen);
-  } finally {
-    server.closeAllConnections();
-    server.close();
-  }
+/** Each request's method, url, headers, raw body and multipart parts. */
+function parts(req, raw) {
+  const contentType = req.headers['content-type'] ?? '';
+  return { method: req.method, url: req.url, headers: req.headers, raw, parts: contentType.startsWith('multipart/') ? multipart(contentType, raw) : null };
 }
-
+const withServer = (handler, body) => serve(handler, body, parts);
 /** A handler that streams `pieces` (strings), then ends. */
-function streams(...pieces) {
-  return (req, res) => {
-    res.writeHead(200, { 'Content-Type': 'text/event-stream', 'x-request-id': 'req_edit' });
-    for (const piece of pieces) res.write(piece);
-    res.end();
-  };
-}
-
-async function collect(iterable) {
-  const out = [];
-  for await (const item of iterable) out.push(item);
-  return out;
-}
-
-/** The error `promise` rejects with. */
-async function failure(promise) {
-  try {
-    await promise;
-  } catch (err) {
-    return err;
-  }
-  assert.fail('expected a rejection');
-}
+const streams = streamer('req_edit');
 
 /** The text fields of a request, in order. */
 const textFields = (parts) => parts.filter((p) => p.filename === null).map((p) => [p.name, p.bytes.toString('utf8')]);

@@ -6,6 +6,8 @@ import { once } from 'node:events';
 import http from 'node:http';
 import { test } from 'node:test';
 
+import { collect, failure, withServer as serve, streamer } from './helpers.mjs';
+
 import { PixelgateError, generateImages, imageDataUrl, listModels, streamImages } from '../../proxy/static/pixelgate.js';
 
 const LIMIT = { timeout: 10_000 };
@@ -17,52 +19,11 @@ function sse(type, fields = {}, name = type) {
 const partial = (index, b64 = `P${index}`) => sse('image_generation.partial_image', { b64_json: b64, partial_image_index: index, output_format: 'png' });
 const completed = (b64 = 'F') => sse('image_generation.completed', { b64_json: b64, output_format: 'png', usage: { total_tokens: 1 } });
 
-/**
- * Serve `handler` on 127.0.0.1 for the duration of `body(baseUrl, seen)`.
- * `seen` records each request's method, url, headers and parsed body.
- */
-async function withServer(handler, body) {
-  const seen = [];
-  const server = http.createServer(async (req, res) => {
-    let raw = '';
-    for await (const piece of req) raw += piece;
-    seen.push({ method: req.method, url: req.url, headers: req.headers, body: raw ? JSON.parse(raw) : null });
-    await handler(req, res);
-  });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  try {
-    return await body(`http://127.0.0.1:${server.address().port}/v1`, seen);
-  } finally {
-    server.closeAllConnections();
-    server.close();
-  }
-}
-
+/** Each request's method, url, headers and parsed JSON body. */
+const json = (req, raw) => ({ method: req.method, url: req.url, headers: req.headers, body: raw.length ? JSON.parse(raw.toString('utf8')) : null });
+const withServer = (handler, body) => serve(handler, body, json);
 /** A handler that streams `pieces` (strings), then ends. */
-function streams(...pieces) {
-  return (req, res) => {
-    res.writeHead(200, { 'Content-Type': 'text/event-stream', 'x-request-id': 'req_1' });
-    for (const piece of pieces) res.write(piece);
-    res.end();
-  };
-}
-
-async function collect(iterable) {
-  const out = [];
-  for await (const item of iterable) out.push(item);
-  return out;
-}
-
-/** The error `promise` rejects with. */
-async function failure(promise) {
-  try {
-    await promise;
-  } catch (err) {
-    return err;
-  }
-  assert.fail('expected a rejection');
-}
+const streams = streamer('req_1');
 
 test('yields typed events per image; comments skipped; ends at [DONE]', LIMIT, () =>
   withServer(streams(': keep-alive\n\n', partial(0), partial(1), completed('A'), partial(0), completed('B'), 'data: [DONE]\n\n', completed('late')), async (baseUrl, seen) => {

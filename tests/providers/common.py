@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import io
+import re
 from typing import Any
 
 import openai
@@ -16,6 +18,21 @@ from pixelgate.proxy.server import create_app
 
 PNG = render_png("pixelgate provider test", 64, 64)
 PNG_B64 = base64.b64encode(PNG).decode()
+
+
+_DATA_URI = re.compile(r"data:(image/(?:png|jpeg|webp));base64,(.*)", re.S)
+
+
+def decode_data_uri(uri: str) -> tuple[str, bytes]:
+    """(media type, bytes) of a ``data:image/...;base64,...`` URI; ValueError
+    unless the payload is exactly the canonical base64 of its bytes."""
+    m = _DATA_URI.fullmatch(uri)
+    if m is None:
+        raise ValueError(f"not a base64 image data: URI: {uri[:40]!r}")
+    data = binascii.a2b_base64(m.group(2), strict_mode=True)
+    if base64.b64encode(data).decode() != m.group(2):
+        raise ValueError("the data: URI's base64 is not canonical")
+    return m.group(1), data
 
 
 def png_size(b64: str) -> tuple[int, int]:

@@ -19,32 +19,14 @@ recorded ``body`` keeps only the URI's media type and size), and, given
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import itertools
-import re
 from typing import Any
 
 from aiohttp import web
 
-from tests.providers.common import PNG
+from tests.providers.common import PNG, decode_data_uri
 
 FILE_INPUTS = ("image_url", "image_urls", "mask_url")
-_DATA_URI = re.compile(r"data:(image/(?:png|jpeg|webp));base64,(.*)", re.S)
-
-
-def decode_data_uri(uri: str) -> tuple[str, bytes]:
-    """(media type, bytes) of a ``data:image/...;base64,...`` URI; ValueError
-    unless the payload is exactly the canonical base64 of its bytes."""
-    m = _DATA_URI.fullmatch(uri)
-    if m is None:
-        raise ValueError(f"not a base64 image data: URI: {uri[:40]!r}")
-    data = binascii.a2b_base64(m.group(2), strict_mode=True)
-    if base64.b64encode(data).decode() != m.group(2):
-        raise ValueError("the data: URI's base64 is not canonical")
-    return m.group(1), data
-
-
 def fal_app(seen: list[dict], *, queued_polls: int = 1, nsfw: list[bool] | None = None,
             result_status: int = 200, result_body: dict | None = None,
             expect_uploads: dict[str, Any] | None = None,
