@@ -47,6 +47,7 @@ __all__ = [
     "PermissionDenied",
     "QuotaExceeded",
     "RateLimited",
+    "StorageUnavailable",
     "UpstreamError",
     "UpstreamFailure",
     "UpstreamProtocolError",
@@ -278,3 +279,12 @@ class LimitsUnavailable(GatewayError):
     type = "server_error"
     code = "limits_unavailable"
     error_type = "limits_unavailable"
+
+
+class StorageUnavailable(GatewayError):
+    """The image store (``storage``) failed while the gateway wrote an image or a job's result into it."""
+
+    status = 503
+    type = "server_error"
+    code = "storage_unavailable"
+    error_type = "storage_unavailable"

@@ -29,6 +29,7 @@ __all__ = [
     "decode_edit",
     "decode_request",
     "rewrite_body",
+    "with_field",
     "with_user",
 ]
 
@@ -208,6 +209,14 @@ def with_user(body: bytes, user: str) -> bytes:
     """The client's body with ``user`` set (the gateway key's name, so providers
     can attribute abuse); everything else is re-emitted as it came. Applied
     before the adapter's ``rewrite_body``, which keeps it."""
+    return with_field(body, "user", user)
+
+
+def with_field(body: bytes, name: str, value: str | None) -> bytes:
+    """The client's body with one field set (``None``: removed); everything else re-emitted as it came."""
     fields = _raw_map_decoder.decode(body)
-    fields["user"] = msgspec.Raw(_encoder.encode(user))
+    if value is None:
+        fields.pop(name, None)
+    else:
+        fields[name] = msgspec.Raw(_encoder.encode(value))
     return _encoder.encode(fields)

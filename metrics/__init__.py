@@ -49,6 +49,8 @@ ERROR_TYPES = frozenset(
         "unauthorized",
         "over_limit",
         "limits_unavailable",
+        # The image store failed (proxy.storage).
+        "storage_unavailable",
     }
 )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -12,10 +13,11 @@ import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from pixelgate.adapters.base import AdapterBase
 from pixelgate.core.errors import GatewayError, InvalidRequest, ModelNotFound, PayloadTooLarge
 from pixelgate.core.prices import cost_usd
 from pixelgate.core.record import AttemptRecord, RequestRecord
-from pixelgate.core.request import ImageRequest, convert_edit_form, decode_edit, decode_request, with_user
+from pixelgate.core.request import ImageRequest, convert_edit_form, decode_edit, decode_request, with_field, with_user
 from pixelgate.core.translator import Edit, Generation, Translator
 from pixelgate.metrics import Metrics, exposition
 from pixelgate.proxy.access.limits import Ticket, quota_headers
@@ -32,6 +34,7 @@ from pixelgate.proxy.app_keys import (
     REQUEST_ID,
     ROUTER,
     STATE,
+    STORAGE,
 )
 from pixelgate.proxy.dispatch import Attempt, dispatch, success_headers
 from pixelgate.proxy.exchange import Exchange, Outcome
@@ -39,6 +42,7 @@ from pixelgate.proxy.idempotency import flow as idempotency
 from pixelgate.proxy.idempotency.keys import RequestIdentity
 from pixelgate.proxy.relay import RelaySettings
 from pixelgate.proxy.routing import Route
+from pixelgate.proxy.storage.rehost import StoringResponse, storing
 from pixelgate.proxy.uploads import Spool, json_images, read_form
 
 __all__ = ["edits", "generations", "healthz", "metrics", "model", "models", "providers", "readyz"]
@@ -142,6 +146,8 @@ class _Admitted:
     ticket: Ticket | None
     # The operation: this request's translator for one route's adapter.
     translator: Callable[[Route], Translator]
+    # Its images go into storage, the client gets URLs (proxy.storage.rehost).
+    stores: bool = False
 
 
 @dataclass(slots=True)
@@ -187,6 +193,28 @@ def _user(request: web.Request) -> str | None:
     return client.name if client is not None and request.app[ACCESS].config.set_user else None
 
 
+def _stores(request: web.Request, req: ImageRequest) -> bool:
+    """Whether the answer's images go into storage: ``url`` asked for (not streamed) and a store configured."""
+    return req.response_format == "url" and not req.streaming and STORAGE in request.app
+
+
+# The request's response_format left as it is (see _upstream_format).
+_KEEP = "keep"
+
+
+def _upstream_format(route: Route) -> str | None:
+    """What a route's provider is asked for when the gateway stores the images: ``b64_json`` from
+    one that cannot give URLs; from an OpenAI-compatible upstream, its model's own default (None:
+    the field dropped; GPT image models refuse ``response_format`` and answer base64, DALL-E
+    answers URLs); from one that gives URLs, those (``_KEEP``)."""
+    adapter = route.provider.adapter
+    if not isinstance(adapter, AdapterBase):
+        return _KEEP
+    if adapter.table.judges == "upstream":
+        return None
+    return _KEEP if adapter.table.urls else "b64_json"
+
+
 async def _read_generation(request: web.Request, record: RequestRecord, stack: ExitStack) -> _Read:
     body = await _read_body(request)
     body_read_at = asyncio.get_running_loop().time()
@@ -200,11 +228,16 @@ async def _read_generation(request: web.Request, record: RequestRecord, stack: E
             sent = with_user(body, user)
             req = msgspec.structs.replace(req, user=user)
         rid = record.request_id
+        stores = _stores(request, req)
 
         def translator(route: Route) -> Translator:
-            return route.provider.adapter.generation(Generation(req, sent, route.upstream_model, rid))
+            r, body = req, sent
+            if stores and (fmt := _upstream_format(route)) != _KEEP:
+                r = msgspec.structs.replace(req, response_format=fmt or msgspec.UNSET)
+                body = with_field(sent, "response_format", fmt)
+            return route.provider.adapter.generation(Generation(r, body, route.upstream_model, rid))
 
-        return _Admitted(req, body_read_at, routes, ticket, translator)
+        return _Admitted(req, body_read_at, routes, ticket, translator, stores)
 
     return _Read(decoded, RequestIdentity(request.method, request.path, body=body), admit)
 
@@ -255,12 +288,17 @@ async def _read_edit(request: web.Request, record: RequestRecord, stack: ExitSta
             if sent is not None:
                 sent = with_user(sent, user)
         rid = record.request_id
+        stores = _stores(request, req)
 
         def translator(route: Route) -> Translator:
-            edit = Edit(req, images, mask, text, sent, route.upstream_model, rid)
-            return route.provider.adapter.edit(edit)
+            r, form, body = req, text, sent
+            if stores and (fmt := _upstream_format(route)) != _KEEP:
+                r = msgspec.structs.replace(req, response_format=fmt or msgspec.UNSET)
+                form = tuple((k, v) for k, v in text if k != "response_format") + ((("response_format", fmt),) if fmt else ())
+                body = with_field(sent, "response_format", fmt) if sent is not None else None
+            return route.provider.adapter.edit(Edit(r, images, mask, form, body, route.upstream_model, rid))
 
-        return _Admitted(req, body_read_at, routes, ticket, translator)
+        return _Admitted(req, body_read_at, routes, ticket, translator, stores)
 
     return _Read(decoded, identity, admit)
 
@@ -315,15 +353,26 @@ async def _serve(request: web.Request, endpoint: str, operation: str, read: Read
     async def run(settings: RelaySettings) -> web.StreamResponse:
         nonlocal admitted
         assert got is not None
+        stored: list[StoringResponse] = []
         try:
             admitted = await got.admit()
+            if admitted.stores:
+                base_url = f"{request.scheme}://{request.host}"
+                settings = dataclasses.replace(settings, response=storing(app[STORAGE], base_url, settings.response, stored))
             response, _, outcome = await dispatch(
                 request, admitted.routes, _exchanges(admitted, record.request_id), settings, app[CONFIG].routing, observer
             )
         except BaseException as exc:
             _note(record, exc)
             raise
+        finally:
+            for attempt in stored:
+                if attempt.inner is None:
+                    # An attempt that failed (or was cut) leaves none of its images behind.
+                    await attempt.images.discard()
         record.status, record.error_type = outcome.status, outcome.error_type
+        if isinstance(response, StoringResponse) and response.inner is not None:
+            return response.inner
         return response
 
     async def end() -> None:

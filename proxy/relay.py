@@ -266,12 +266,15 @@ async def _pump_body(upstream: Upstream, ex: Exchange, client: _Client) -> None:
     # The first piece waits for one more read: if that read is the end, the
     # body came whole and is checked before anything reaches the client.
     held: bytes | None = None
+    # Not the response's `prepared`: a StoringResponse (proxy.storage.rehost)
+    # takes bytes long before its client gets any.
+    first_written = False
     while True:
         piece = await _read(upstream, idle)
         if piece is None:
             raise UpstreamTimeout(f"provider {ex.provider!r} sent nothing for {idle:g} s (idle timeout)")
         data, end = piece
-        if not client.response.prepared:
+        if not first_written:
             if held is None and not end:
                 held = data or None
                 continue
@@ -284,6 +287,7 @@ async def _pump_body(upstream: Upstream, ex: Exchange, client: _Client) -> None:
                 first = held
             read_at = loop.time()
             _check_first(ex.provider, first, end, meter)
+            first_written = True
             await client.write(first)
             client.outcome.response_overhead = loop.time() - read_at
         if data:
