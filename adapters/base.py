@@ -17,9 +17,9 @@ import msgspec
 
 from pixelgate.adapters.capabilities import Capabilities
 from pixelgate.adapters.params import Policy, settle
-from pixelgate.core.errors import InvalidRequest
+from pixelgate.core.errors import InvalidRequest, UpstreamProtocolError
 from pixelgate.core.request import ImageGenerationRequest
-from pixelgate.core.translator import Clock, Edit, Generation, ProviderSettings, Translator
+from pixelgate.core.translator import Clock, Edit, Generation, ProviderSettings, Resume, Translator
 
 __all__ = ["AdapterBase", "NoOptions", "bearer", "check_base_url"]
 
@@ -122,4 +122,17 @@ class AdapterBase(Generic[OptionsT]):
             f"Provider {self.name!r} cannot edit images; route edits for this model to a provider that can.",
             param="model",
             code="unsupported_operation",
+        )
+
+    def resume(self, r: Resume) -> Translator:
+        """Providers whose jobs can be polled again override this; the rest refuse it.
+
+        Their translators are not ``Resumable``, so no checkpoint of theirs
+        exists: one arrives here only if the provider's adapter changed since
+        it was written. There is no client request to blame (not a 400): the
+        job cannot be carried on from what its provider said, the error the
+        resuming adapters raise for a checkpoint they cannot read.
+        """
+        raise UpstreamProtocolError(
+            f"provider {self.name!r} cannot resume a job after a restart: its adapter keeps no checkpoint"
         )

@@ -23,6 +23,13 @@ These models take no mask (the edit follows the prompt): ``mask`` is refused.
 Without a ``size`` BFL keeps the input's aspect ratio; with one, it maps as
 for a generation. The answer is polled and downloaded as for a generation,
 streamed as ``image_edit.completed``.
+
+Resuming after a restart (``core.translator.Resumable``): from the submit's
+answer on, the checkpoint is the polling URL (and the ``created`` to report);
+a resumed translator polls it at once, with the key from the settings and
+only on BFL's hosts, and goes on as the first would have. BFL keeps a task's
+answer for a while after it is Ready, so a restart during the download polls
+it again rather than submitting (the signed sample URL still expires).
 """
 
 from __future__ import annotations
@@ -35,13 +42,22 @@ from msgspec import Meta
 
 from pixelgate.adapters.base import AdapterBase
 from pixelgate.adapters.capabilities import Capabilities
-from pixelgate.adapters.fetched import FetchingTranslator, FetchOptions, Polling, Step
+from pixelgate.adapters.fetched import (
+    Checkpoint,
+    CheckpointUrl,
+    FetchingTranslator,
+    FetchOptions,
+    Polling,
+    Step,
+    read_checkpoint,
+    resumed_writer,
+)
 from pixelgate.adapters.images_out import EDIT_COMPLETED, GENERATION_COMPLETED, ImageMeta, ImagesWriter
 from pixelgate.adapters.params import aspect_ratio, native_fields, parse_size, reported_size
 from pixelgate.adapters.provider_errors import error_message, malformed, moderation_blocked, provider_error
 from pixelgate.core.errors import GatewayError, InvalidRequest, UpstreamFailure, UpstreamProtocolError
 from pixelgate.core.request import GATEWAY_ONLY_FIELDS, MAX_EDIT_IMAGES, ImageEditRequest, ImageRequest
-from pixelgate.core.translator import Edit, Generation, Guard, ProviderSettings, UpstreamRequest
+from pixelgate.core.translator import Edit, Generation, Guard, ProviderSettings, Resume, UpstreamRequest
 from pixelgate.core.upload import FilePiece, InputImage, StreamedBody
 
 __all__ = ["BflAdapter", "BflOptions"]
@@ -107,13 +123,24 @@ class _Status(msgspec.Struct):
     details: dict[str, object] | None = None
 
 
+class _Checkpoint(Checkpoint, frozen=True, tag="bfl/1"):
+    # The task's polling URL, as BFL gave it (it names the cluster that holds the task).
+    polling_url: CheckpointUrl
+
+
 _submitted = msgspec.json.Decoder(_Submitted)
+_checkpoint = msgspec.json.Decoder(_Checkpoint)
 _raw_map = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _status = msgspec.json.Decoder(_Status)
 _encoder = msgspec.json.Encoder()
 
 _WORKING = frozenset({"Pending", "Processing", "Queued"})
 _MODERATED = frozenset({"Request Moderated", "Content Moderated"})
+
+
+def _format(request: ImageRequest) -> str:
+    """The output format asked of BFL (and reported, until the served file says otherwise)."""
+    return str(request.output_format) if request.output_format in ("png", "jpeg") else "png"
 
 
 def _image_key(index: int) -> str:
@@ -193,6 +220,7 @@ class BflTranslator(FetchingTranslator):
                 self._submitted = True
                 job = _submitted.decode(body)
                 url = job.polling_url or f"{self._base}/get_result?id={job.id}"
+                self.resumes_with(_Checkpoint(created=self.writer.meta.created, polling_url=url))
                 return self._poll(url)
             status = _status.decode(body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -212,6 +240,12 @@ class BflTranslator(FetchingTranslator):
     def _poll(self, url: str) -> UpstreamRequest:
         self._polling_url = url
         return self.polling.get(url)
+
+    def resumed(self, state: _Checkpoint) -> None:
+        """Built by ``BflAdapter.resume``: the task was submitted by another translator, and is polled."""
+        self._submitted = True
+        self._polling_url = state.polling_url
+        self.resumes_with(state)
 
     def error(self, status: int, headers: Mapping[str, str], body: bytes) -> GatewayError:
         return provider_error(self.provider, status, headers, error_message(body))
@@ -261,6 +295,24 @@ class BflAdapter(AdapterBase[BflOptions]):
         fmt = self._common_fields(e.request, fields)
         return self._translator(e.request, e.upstream_model, _with_images(fields, images), fmt, headers, EDIT_COMPLETED)
 
+    def resume(self, r: Resume) -> BflTranslator:
+        state = read_checkpoint(self.name, _checkpoint, r.checkpoint)
+        meta = ImageMeta(created=state.created, size=reported_size(r.request.size), output_format=_format(r.request))
+        # At once: the task went on while no process polled it.
+        poll = self._polling.get(state.polling_url, delay=0.0)
+        translator = BflTranslator(
+            self.name,
+            poll,
+            resumed_writer(r.request, meta),
+            {},
+            self._fetch_guard,
+            self._polling,
+            as_urls=r.request.response_format == "url",
+            base=self._base,
+        )
+        translator.resumed(state)
+        return translator
+
     def _common_fields(self, request: ImageRequest, fields: dict[str, object]) -> str:
         """Size and format into ``fields``; the output format asked of BFL."""
         size = parse_size(request.size)
@@ -270,9 +322,9 @@ class BflAdapter(AdapterBase[BflOptions]):
                     fields["aspect_ratio"] = ratio
             else:
                 fields["width"], fields["height"] = size
-        fmt = request.output_format if request.output_format in ("png", "jpeg") else "png"
+        fmt = _format(request)
         fields["output_format"] = fmt
-        return str(fmt)
+        return fmt
 
     def _translator(
         self, request: ImageRequest, upstream_model: str, body: bytes | StreamedBody, fmt: str, headers: dict[str, str], event: str

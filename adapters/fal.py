@@ -28,6 +28,13 @@ API hosts, with the key; built like the others when it is missing). fal
 stops a queued request and asks a running one to stop; once the status says
 ``COMPLETED`` there is nothing left to cancel.
 
+Resuming after a restart (``core.translator.Resumable``): from the submit's
+answer on, the checkpoint holds the request's status, result and cancel URLs
+(as fal gave them, or as built) and whether the status said ``COMPLETED``. A
+resumed translator polls the status at once, cancellable as before, or, once
+completed, reads the result at once (fal keeps it), with the key from the
+settings and only on fal's API hosts; then it goes on as the first would have.
+
 Mapping: ``size`` → ``image_size`` ``{"width","height"}``, ``n`` →
 ``num_images``, ``output_format`` jpeg|png (png unless asked). Fields outside
 the OpenAI schema (``seed``, ``num_inference_steps``, ``guidance_scale``,
@@ -69,17 +76,21 @@ from pixelgate.adapters.base import AdapterBase
 from pixelgate.adapters.capabilities import Capabilities
 from pixelgate.adapters.edit_body import FileInput, data_uris, edit_native_fields, json_pieces, streamed
 from pixelgate.adapters.fetched import (
+    Checkpoint,
+    CheckpointUrl,
     FetchingTranslator,
     FetchOptions,
     Polling,
     Step,
+    read_checkpoint,
+    resumed_writer,
 )
 from pixelgate.adapters.images_out import EDIT_COMPLETED, GENERATION_COMPLETED, ImageMeta, ImagesWriter
 from pixelgate.adapters.params import native_fields, parse_size, reported_size
 from pixelgate.adapters.provider_errors import error_message, malformed, moderation_blocked, provider_error
 from pixelgate.core.errors import GatewayError, UpstreamProtocolError
 from pixelgate.core.request import ImageRequest
-from pixelgate.core.translator import Edit, Generation, Guard, ProviderSettings, Translator, UpstreamRequest
+from pixelgate.core.translator import Edit, Generation, Guard, ProviderSettings, Resume, Translator, UpstreamRequest
 from pixelgate.core.upload import StreamedBody
 
 __all__ = ["FalAdapter", "FalEditInputs", "FalOptions"]
@@ -184,13 +195,28 @@ class _ErrorDoc(msgspec.Struct):
     error_type: str | None = None
 
 
+class _Checkpoint(Checkpoint, frozen=True, tag="fal/1"):
+    status_url: CheckpointUrl
+    response_url: CheckpointUrl
+    cancel_url: CheckpointUrl
+    # The status said COMPLETED: the result is next, and there is nothing left to cancel.
+    done: bool = False
+
+
 _submitted = msgspec.json.Decoder(_Submitted)
+_checkpoint = msgspec.json.Decoder(_Checkpoint)
 _status = msgspec.json.Decoder(_Status)
 _result = msgspec.json.Decoder(_Result)
 _error_doc = msgspec.json.Decoder(_ErrorDoc)
 _encoder = msgspec.json.Encoder()
 
 _WORKING = frozenset({"IN_QUEUE", "IN_PROGRESS"})
+
+
+def _meta(request: ImageRequest, created: int) -> ImageMeta:
+    """What the answer reports; its format is also the one asked of the app (jpeg or png, png unless asked)."""
+    fmt = request.output_format if request.output_format in ("png", "jpeg") else "png"
+    return ImageMeta(created=created, size=reported_size(request.size), output_format=str(fmt))
 
 
 def _read_error(body: bytes) -> tuple[str | None, bool]:
@@ -214,7 +240,7 @@ def _read_error(body: bytes) -> tuple[str | None, bool]:
 
 
 class FalTranslator(FetchingTranslator):
-    __slots__ = ("_app_url", "_phase", "_response_url", "_status_url")
+    __slots__ = ("_app_url", "_cancel_url", "_phase", "_response_url", "_status_url")
 
     def __init__(
         self,
@@ -234,6 +260,7 @@ class FalTranslator(FetchingTranslator):
         self._phase = "submitted"
         self._status_url = ""
         self._response_url = ""
+        self._cancel_url = ""
 
     def step(self, body: bytes) -> Step:
         try:
@@ -251,8 +278,10 @@ class FalTranslator(FetchingTranslator):
         base = f"{self._app_url}/requests/{job.request_id}"
         self._status_url = job.status_url or f"{base}/status"
         self._response_url = job.response_url or base
-        self.running(self.polling.cancel("PUT", job.cancel_url or f"{base}/cancel"))
+        self._cancel_url = job.cancel_url or f"{base}/cancel"
+        self.running(self.polling.cancel("PUT", self._cancel_url))
         self._phase = "status"
+        self._checkpoint_now(done=False)
         return self.polling.get(self._status_url)
 
     def _status(self, status: _Status) -> Step:
@@ -269,7 +298,24 @@ class FalTranslator(FetchingTranslator):
             raise provider_error(self.provider, 504 if status.error_type.endswith("timeout") else 502, {}, text)
         # Done, or an app error: the result call answers with the image URLs or the app's own error status.
         self._phase = "result"
+        self._checkpoint_now(done=True)
         return self.polling.get(self._response_url, delay=0.0)
+
+    def _checkpoint_now(self, *, done: bool) -> None:
+        self.resumes_with(_Checkpoint(
+            created=self.writer.meta.created, status_url=self._status_url, response_url=self._response_url,
+            cancel_url=self._cancel_url, done=done,
+        ))
+
+    def resumed(self, state: _Checkpoint) -> None:
+        """Built by ``FalAdapter.resume``: the request was submitted by another
+        translator; its status (or, once completed, its result) is read next."""
+        self._status_url, self._response_url, self._cancel_url = state.status_url, state.response_url, state.cancel_url
+        if state.done:
+            self._phase = "result"
+        else:
+            self._phase = "status"
+        self.resumes_with(state)
 
     def _images(self, result: _Result) -> list[str]:
         images = result.images or ([result.image] if result.image is not None else [])
@@ -333,6 +379,24 @@ class FalAdapter(AdapterBase[FalOptions]):
         body = streamed(*json_pieces([(name, data_uris(value)) for name, value in files], fields))
         return self._translator(e.request, e.upstream_model, body, meta, dropped, EDIT_COMPLETED)
 
+    def resume(self, r: Resume) -> FalTranslator:
+        state = read_checkpoint(self.name, _checkpoint, r.checkpoint)
+        meta = _meta(r.request, state.created)
+        # At once: the request went on while no process polled it.
+        first = self._polling.get(state.response_url if state.done else state.status_url, delay=0.0)
+        translator = FalTranslator(
+            self.name,
+            first,
+            resumed_writer(r.request, meta),
+            {},
+            self._fetch_guard,
+            self._polling,
+            as_urls=r.request.response_format == "url",
+            app_url=self._app_url(r.upstream_model.strip("/")),
+        )
+        translator.resumed(state)
+        return translator
+
     def _fields(self, request: ImageRequest, native: dict[str, msgspec.Raw]) -> tuple[dict[str, object], ImageMeta]:
         """The app's input for what generations and edits share, and what the answer reports."""
         native.pop("sync_mode", None)  # false is fal's default; true was refused or dropped by settle
@@ -342,9 +406,8 @@ class FalAdapter(AdapterBase[FalOptions]):
         size = parse_size(request.size)
         if size is not None:
             fields["image_size"] = {"width": size[0], "height": size[1]}
-        fmt = request.output_format if request.output_format in ("png", "jpeg") else "png"
-        fields["output_format"] = fmt
-        meta = ImageMeta(created=int(self.clock()), size=reported_size(request.size), output_format=str(fmt))
+        meta = _meta(request, int(self.clock()))
+        fields["output_format"] = meta.output_format
         return fields, meta
 
     def _translator(
@@ -363,9 +426,6 @@ class FalAdapter(AdapterBase[FalOptions]):
             {**self._polling.headers, "Content-Type": "application/json"},
             body,
         )
-        # Status and result live under the app id, without any subpath (".../flux/dev" → "fal-ai/flux").
-        parts = app.split("/")
-        app_id = "/".join(parts[: 3 if parts[0] in _NAMESPACES else 2])
         return FalTranslator(
             self.name,
             submit,
@@ -374,5 +434,10 @@ class FalAdapter(AdapterBase[FalOptions]):
             self._fetch_guard,
             self._polling,
             as_urls=request.response_format == "url",
-            app_url=f"{self._base}/{app_id}",
+            app_url=self._app_url(app),
         )
+
+    def _app_url(self, app: str) -> str:
+        # Status and result live under the app id, without any subpath (".../flux/dev" → "fal-ai/flux").
+        parts = app.split("/")
+        return f"{self._base}/{'/'.join(parts[: 3 if parts[0] in _NAMESPACES else 2])}"

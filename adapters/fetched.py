@@ -14,6 +14,17 @@ returns it (``core.translator.Cancellable``): the driver sends it if the
 exchange is abandoned meanwhile. Subclasses set it with ``running`` and clear
 it with ``ended``; a provider without a cancel endpoint (BFL) never sets it.
 
+From the answer that names the job on, the translator also holds its
+checkpoint (``core.translator.Resumable``): a subclass's ``Checkpoint`` (the
+job's polling URLs as the provider gave them, the ``created`` to report,
+never the key), set with ``resumes_with``. After a restart the adapter's
+``resume`` reads it back (``read_checkpoint``: a strict decode, so a
+checkpoint it did not write is refused before any call) and builds a
+translator whose first call is the poll. The polls of a resumed translator
+are built like the first one's, from the adapter's settings: the key is added
+again, and they carry its ``Guard``, so a checkpoint naming another host is
+refused by the driver before connecting, as a provider's answer would be.
+
 When the client asked for ``response_format: url`` without streaming, the
 URLs are relayed as given instead of downloaded (they expire: minutes for
 BFL, hours for Replicate and fal). A ``data:`` URI in place of a URL (some
@@ -31,20 +42,30 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Mapping
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import msgspec
 from msgspec import Meta
 from yarl import URL
 
 from pixelgate.adapters.b64 import Base64Encoder
-from pixelgate.adapters.images_out import ImagesWriter
+from pixelgate.adapters.images_out import EDIT_COMPLETED, GENERATION_COMPLETED, ImageMeta, ImagesWriter
 from pixelgate.adapters.params import Policy
 from pixelgate.adapters.provider_errors import json_media
 from pixelgate.core.errors import GatewayError, UpstreamProtocolError
+from pixelgate.core.request import ImageEditRequest, ImageRequest
 from pixelgate.core.translator import Ending, Guard, Opening, ResponseHead, UpstreamRequest
 
-__all__ = ["FetchOptions", "FetchingTranslator", "Polling", "Step"]
+__all__ = [
+    "Checkpoint",
+    "CheckpointUrl",
+    "FetchOptions",
+    "FetchingTranslator",
+    "Polling",
+    "Step",
+    "read_checkpoint",
+    "resumed_writer",
+]
 
 
 class FetchOptions(msgspec.Struct, forbid_unknown_fields=True):
@@ -86,17 +107,57 @@ class Polling(msgspec.Struct, frozen=True):
 # What a status document says: poll again (this call), or the result URLs.
 Step = UpstreamRequest | list[str]
 
+# A URL kept in a checkpoint: absolute http(s), a host without credentials, no
+# fragment, no whitespace. Only its shape is checked here; where it may go is
+# the driver's to check, with the adapter's Guard, as for any provider URL.
+CheckpointUrl = Annotated[str, Meta(pattern=r"^https?://[^\s/?#@]+(?:[/?][^\s#]*)?$", max_length=2048)]
+# Far more than any adapter writes; anything larger was not written by one.
+_CHECKPOINT_LIMIT = 8192
+
+
+class Checkpoint(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind"):
+    """What a resumed translator goes on from. Each subclass is tagged with
+    its adapter and format (``"bfl/1"``), and takes no field it does not
+    know: a checkpoint naming another adapter or format, or carrying another
+    one's fields, is refused instead of misread."""
+
+    # The `created` the first translator reported: the resumed one answers as it would have.
+    created: Annotated[int, Meta(ge=0)]
+
+
+CheckpointT = TypeVar("CheckpointT", bound=Checkpoint)
+
+
+def read_checkpoint(provider: str, decoder: msgspec.json.Decoder[CheckpointT], data: bytes) -> CheckpointT:
+    """The checkpoint in ``data``, or ``UpstreamProtocolError`` if it is not one this adapter wrote."""
+    if len(data) > _CHECKPOINT_LIMIT:
+        raise UpstreamProtocolError(f"provider {provider!r} cannot resume the job: its checkpoint is over {_CHECKPOINT_LIMIT} bytes")
+    try:
+        return decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise UpstreamProtocolError(
+            f"provider {provider!r} cannot resume the job: its checkpoint is not one this adapter wrote ({exc})"
+        ) from None
+
+
+def resumed_writer(request: ImageRequest, meta: ImageMeta) -> ImagesWriter:
+    """The writer a resumed translator answers with: the first one's, for the same request."""
+    event = EDIT_COMPLETED if isinstance(request, ImageEditRequest) else GENERATION_COMPLETED
+    return ImagesWriter(request.streaming, meta, event=event)
+
+
 _IMAGE_TYPES = ("image/", "application/octet-stream", "binary/octet-stream")
 _FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", "image/webp": "webp"}
 _BASE64 = re.compile(rb"[A-Za-z0-9+/]+={0,2}")
+_encoder = msgspec.json.Encoder()
 
 
 class FetchingTranslator:
     """Subclasses implement ``step`` (read a status document) and ``error``."""
 
     __slots__ = (
-        "_as_urls", "_cancel", "_download_guard", "_encoder", "_opened", "_opening", "_urls", "downloading", "polling",
-        "provider", "writer",
+        "_as_urls", "_cancel", "_checkpoint", "_download_guard", "_encoder", "_opened", "_opening", "_urls", "downloading",
+        "polling", "provider", "writer",
     )
 
     def __init__(
@@ -123,6 +184,8 @@ class FetchingTranslator:
         self.downloading = False
         # The call that cancels the provider's job, while one runs.
         self._cancel: UpstreamRequest | None = None
+        # What another process needs to go on with the job, once the provider named it.
+        self._checkpoint: bytes | None = None
 
     def running(self, cancel: UpstreamRequest | None) -> None:
         """The provider named its job (still working): how to cancel it, if it can be."""
@@ -134,6 +197,15 @@ class FetchingTranslator:
 
     def cancel(self) -> UpstreamRequest | None:
         return self._cancel
+
+    def resumes_with(self, state: Checkpoint) -> None:
+        """The provider named its job, or where it stands changed: ``state`` is
+        what the adapter's ``resume`` needs to go on with it in another process."""
+        # Encoded here, once per status document at most: checkpoint() only hands it over.
+        self._checkpoint = _encoder.encode(state)
+
+    def checkpoint(self) -> bytes | None:
+        return self._checkpoint
 
     def step(self, body: bytes) -> Step:
         raise NotImplementedError

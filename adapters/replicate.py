@@ -29,6 +29,17 @@ prediction has no id yet (Replicate answers only when the wait ends), so a
 client that leaves then cannot have it cancelled: ``wait: 0`` (async mode)
 names the prediction at once, and every abandoned one is cancelled.
 
+Resuming after a restart (``core.translator.Resumable``): from the answer
+that names the prediction on, the checkpoint holds the URL it is polled at
+(``urls.get``, or built from its id), its cancel URL while it runs, and
+whether its output is final. A resumed translator polls at once, with the key
+from the settings and only on Replicate's API hosts, cancellable while the
+prediction runs, and goes on as the first would have: a prediction keeps its
+output for about an hour, so a restart during the downloads polls it again
+rather than creating another. In sync mode the create call names the
+prediction only when it answers, so a process that dies during it leaves no
+checkpoint (``wait: 0`` names it at once).
+
 Each file is downloaded without the key, only from Replicate's file hosts
 (``replicate.delivery`` and ``*.replicate.delivery``, e.g.
 ``pbxt.replicate.delivery``; options.fetch_hosts), and encoded into
@@ -72,17 +83,21 @@ from pixelgate.adapters.base import AdapterBase, check_base_url
 from pixelgate.adapters.capabilities import Capabilities
 from pixelgate.adapters.edit_body import FileInput, data_uris, edit_native_fields, json_pieces, streamed
 from pixelgate.adapters.fetched import (
+    Checkpoint,
+    CheckpointUrl,
     FetchingTranslator,
     FetchOptions,
     Polling,
     Step,
+    read_checkpoint,
+    resumed_writer,
 )
 from pixelgate.adapters.images_out import EDIT_COMPLETED, GENERATION_COMPLETED, ImageMeta, ImagesWriter
 from pixelgate.adapters.params import aspect_ratio, native_fields, parse_size, reported_size
 from pixelgate.adapters.provider_errors import error_message, malformed, moderation_blocked, provider_error
 from pixelgate.core.errors import GatewayError, UpstreamFailure, UpstreamProtocolError
 from pixelgate.core.request import ImageRequest
-from pixelgate.core.translator import Edit, Generation, Guard, ProviderSettings, Translator, UpstreamRequest
+from pixelgate.core.translator import Edit, Generation, Guard, ProviderSettings, Resume, Translator, UpstreamRequest
 from pixelgate.core.upload import StreamedBody
 
 __all__ = ["ReplicateAdapter", "ReplicateInputs", "ReplicateOptions"]
@@ -211,7 +226,17 @@ class _Prediction(msgspec.Struct):
     urls: _Urls | None = None
 
 
+class _Checkpoint(Checkpoint, frozen=True, tag="replicate/1"):
+    # Where the prediction is polled (urls.get, or built from its id).
+    get: CheckpointUrl
+    # How it is cancelled, while it runs.
+    cancel: CheckpointUrl | None = None
+    # Its output is final (succeeded, or a sync-mode answer with every file): what a poll shows is the result.
+    done: bool = False
+
+
 _prediction = msgspec.json.Decoder(_Prediction)
+_checkpoint = msgspec.json.Decoder(_Checkpoint)
 _files = msgspec.json.Decoder(str | list[str] | None)
 _encoder = msgspec.json.Encoder()
 
@@ -248,13 +273,18 @@ class ReplicateTranslator(FetchingTranslator):
         status = prediction.status
         if status == "succeeded":
             self.ended()
-            return self._files(prediction)
+            files = self._files(prediction)
+            self._checkpoint_now(prediction, done=True)
+            return files
         if first and status == "processing" and (files := self._files(prediction)):
+            self._checkpoint_now(prediction, done=True)
             return files
         if status in _WORKING:
             if (cancel := self._cancel_call(prediction)) is not None:
                 self.running(cancel)
-            return self._poll(prediction)
+            call = self._poll(prediction)
+            self._checkpoint_now(prediction, done=False)
+            return call
         if status == "failed":
             self.ended()
             raise self._failed(prediction.error)
@@ -274,12 +304,34 @@ class ReplicateTranslator(FetchingTranslator):
         return [files] if isinstance(files, str) else files or []
 
     def _poll(self, prediction: _Prediction) -> UpstreamRequest:
-        url = prediction.urls.get if prediction.urls and prediction.urls.get else None
+        url = self._poll_url(prediction)
         if url is None:
-            if not prediction.id:
-                raise UpstreamProtocolError(f"provider {self.provider!r} answered a prediction without id or urls.get")
-            url = f"{self._base}/v1/predictions/{quote(prediction.id, safe='')}"
+            raise UpstreamProtocolError(f"provider {self.provider!r} answered a prediction without id or urls.get")
         return self.polling.get(url)
+
+    def _poll_url(self, prediction: _Prediction) -> str | None:
+        if prediction.urls and prediction.urls.get:
+            return prediction.urls.get
+        return f"{self._base}/v1/predictions/{quote(prediction.id, safe='')}" if prediction.id else None
+
+    def _checkpoint_now(self, prediction: _Prediction, *, done: bool) -> None:
+        # A prediction with neither id nor urls.get cannot be polled: nothing to resume by.
+        if (url := self._poll_url(prediction)) is not None:
+            cancel = self.cancel()
+            self.resumes_with(_Checkpoint(
+                created=self.writer.meta.created, get=url, cancel=None if cancel is None else cancel.url, done=done
+            ))
+
+    def resumed(self, state: _Checkpoint) -> None:
+        """Built by ``ReplicateAdapter.resume``: the prediction was created by another translator, and is polled.
+
+        Once its output was final, a ``processing`` answer that has it is the
+        result, as the create call's was (sync mode: every file existed); else
+        it is polled until it succeeds, as after any create call."""
+        self._submitted = not state.done
+        if not state.done and state.cancel is not None:
+            self.running(self.polling.cancel("POST", state.cancel))
+        self.resumes_with(state)
 
     def _cancel_call(self, prediction: _Prediction) -> UpstreamRequest | None:
         url = prediction.urls.cancel if prediction.urls and prediction.urls.cancel else None
@@ -369,7 +421,7 @@ class ReplicateAdapter(AdapterBase[ReplicateOptions]):
         fields, meta = self._fields(g.request, native_fields(g.body))
         url, extra = _model_call(self._base, g.upstream_model)
         body = _encoder.encode({**extra, "input": fields})
-        return self._translator(g.request, url, body, meta, headers, GENERATION_COMPLETED)
+        return self._create(g.request, url, body, meta, headers, GENERATION_COMPLETED)
 
     def edit(self, e: Edit) -> Translator:
         names = self.options.inputs
@@ -390,7 +442,20 @@ class ReplicateAdapter(AdapterBase[ReplicateOptions]):
         # {"version"?, "input": {…, the files}}: the input object is the last member.
         outer = _encoder.encode(extra)[:-1] + (b',"input":' if extra else b'"input":')
         body = streamed(outer, *json_pieces([(name, data_uris(value)) for name, value in files], fields), b"}")
-        return self._translator(e.request, url, body, meta, headers, EDIT_COMPLETED)
+        return self._create(e.request, url, body, meta, headers, EDIT_COMPLETED)
+
+    def resume(self, r: Resume) -> ReplicateTranslator:
+        state = read_checkpoint(self.name, _checkpoint, r.checkpoint)
+        meta = ImageMeta(created=state.created, size=reported_size(r.request.size), output_format=self._format(r.request))
+        # At once: the prediction went on while no process polled it.
+        poll = self._polling.get(state.get, delay=0.0)
+        translator = self._translator(r.request, poll, {}, resumed_writer(r.request, meta))
+        translator.resumed(state)
+        return translator
+
+    def _format(self, request: ImageRequest) -> str:
+        """The format asked of the model and reported (the options' when the client names none)."""
+        return request.output_format if isinstance(request.output_format, str) else self.options.output_format
 
     def _fields(self, request: ImageRequest, native: dict[str, msgspec.Raw]) -> tuple[dict[str, object], ImageMeta]:
         """The model's input for what generations and edits share, and what the answer reports."""
@@ -406,7 +471,7 @@ class ReplicateAdapter(AdapterBase[ReplicateOptions]):
                 fields[names.width], fields[names.height] = size
         if isinstance(request.n, int) and names.n:
             fields[names.n] = request.n
-        fmt = request.output_format if isinstance(request.output_format, str) else opts.output_format
+        fmt = self._format(request)
         if names.output_format and fmt in opts.formats:
             fields[names.output_format] = opts.formats[fmt]
         if isinstance(request.output_compression, int) and names.output_compression:
@@ -414,7 +479,7 @@ class ReplicateAdapter(AdapterBase[ReplicateOptions]):
         meta = ImageMeta(created=int(self.clock()), size=reported_size(request.size), output_format=fmt)
         return fields, meta
 
-    def _translator(
+    def _create(
         self,
         request: ImageRequest,
         url: str,
@@ -423,10 +488,16 @@ class ReplicateAdapter(AdapterBase[ReplicateOptions]):
         headers: dict[str, str],
         event: str,
     ) -> ReplicateTranslator:
+        create = UpstreamRequest("POST", url, self._submit_headers, body)
+        return self._translator(request, create, headers, ImagesWriter(request.streaming, meta, event=event))
+
+    def _translator(
+        self, request: ImageRequest, first: UpstreamRequest, headers: dict[str, str], writer: ImagesWriter
+    ) -> ReplicateTranslator:
         return ReplicateTranslator(
             self.name,
-            UpstreamRequest("POST", url, self._submit_headers, body),
-            ImagesWriter(request.streaming, meta, event=event),
+            first,
+            writer,
             headers,
             self._fetch_guard,
             self._polling,

@@ -49,6 +49,8 @@ class RequestRecord:
     # this response was replayed from the first request with it.
     idempotency_key: str | None = None
     replayed: bool = False
+    # The async job this request submitted, or whose run this is (proxy.jobs).
+    job_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ the values it returns. One module drives it (``pixelgate.proxy.upstream``)::
     every body chunk                ──►     feed(chunk)  -> bytes, or None = pass through untouched
     upstream EOF                    ──►     finish()     -> Ending (trailing bytes, usage, next call)
     exchange abandoned mid-job      ──►     cancel()     -> UpstreamRequest | None (Cancellable only)
+    after each status document      ──►     checkpoint() -> bytes | None (Resumable only, if asked)
 
 Providers that answer in several calls (submit, poll, download the result)
 are ``MultiCallTranslator``s: a response whose head says ``collect`` is read
@@ -31,6 +32,16 @@ job as far as the translator knows it, ``None`` before the provider named the
 job or once it finished. The driver sends it (once, bounded, its outcome only
 logged and counted) when the exchange ends by an exception while a job runs:
 the client went away, the total timeout or shutdown ended it, a poll failed.
+
+A multi-call translator whose provider's job can be polled by another
+process is also ``Resumable`` (optional): ``checkpoint()`` is what a new
+translator needs to go on with the job (small JSON the adapter alone reads:
+the polling URLs, never the key), ``None`` before the provider named the
+job. The driver hands it to whoever asked for it (the job runner, through
+``Exchange.checkpoint``) after each status document, whenever it changed.
+After a restart, ``Adapter.resume`` builds from it a translator whose first
+call polls that job instead of submitting it again (which would be billed
+again), and which answers as the first would have from there on.
 
 An ``Adapter`` is a configured provider. It names the operations it serves
 (``generation``, ``edit``) and builds one translator per request of each.
@@ -61,6 +72,8 @@ __all__ = [
     "Opening",
     "ProviderSettings",
     "ResponseHead",
+    "Resumable",
+    "Resume",
     "Translator",
     "UpstreamRequest",
 ]
@@ -170,6 +183,27 @@ class Cancellable(Protocol):
         ...
 
 
+@runtime_checkable
+class Resumable(Protocol):
+    """Optional, for a ``MultiCallTranslator`` whose provider job can be polled again by another process."""
+
+    def checkpoint(self) -> bytes | None:
+        """What a new translator (``Adapter.resume``) needs to go on polling
+        this job: small JSON that only the adapter reads, with the job's
+        polling URLs as the provider named them and never the provider's key
+        (the resumed translator adds it again from its settings).
+
+        ``None`` before the provider named the job: until the submit's answer
+        is read there is nothing to poll (and no telling whether the submit
+        reached the provider). From then on it stays set for the rest of the
+        exchange, result downloads included: a provider keeps a finished
+        job's answer for a while, so a process that dies while downloading
+        is resumed by a poll that finds the result at once, not by a second
+        submit. It changes when what the next process should do changes
+        (e.g. the job finished: nothing left to cancel)."""
+        ...
+
+
 class ProviderSettings(msgspec.Struct, frozen=True):
     """A provider's configuration, as its adapter gets it."""
 
@@ -208,6 +242,20 @@ class Edit(msgspec.Struct, frozen=True):
     request_id: str
 
 
+class Resume(msgspec.Struct, frozen=True):
+    """An async job to go on with after a restart: ``Adapter.resume`` gets it.
+
+    ``request`` is the client's request as it was first run (its response
+    format, size, format and streaming decide the answer, as they did);
+    ``checkpoint`` is the submitting translator's last ``checkpoint()``.
+    """
+
+    request: ImageGenerationRequest | ImageEditRequest
+    upstream_model: str
+    request_id: str
+    checkpoint: bytes
+
+
 class Adapter(Protocol):
     """A configured provider: builds one translator per request and operation."""
 
@@ -224,4 +272,12 @@ class Adapter(Protocol):
     def edit(self, e: Edit) -> Translator:
         """An edit's translator; ``InvalidRequest`` (``unsupported_operation``)
         if the provider cannot edit."""
+        ...
+
+    def resume(self, r: Resume) -> Translator:
+        """Optional (``AdapterBase`` refuses it): a translator whose first call
+        (its ``Opening``) is a poll of the job named by ``r.checkpoint``, not a
+        submit, and which answers as the submitting translator would have.
+        ``UpstreamProtocolError`` if the adapter cannot resume jobs, or the
+        checkpoint is not one it wrote; no call is made then."""
         ...

@@ -51,6 +51,8 @@ ERROR_TYPES = frozenset(
         "limits_unavailable",
         # The image store failed (proxy.storage).
         "storage_unavailable",
+        # An async job whose process stopped mid-generation (proxy.jobs).
+        "interrupted",
     }
 )
 
@@ -71,6 +73,16 @@ CANCEL_RESULTS = frozenset({"ok", "error"})
 IDEMPOTENCY_CONFLICTS = frozenset({"mismatch", "in_progress", "too_large", "incomplete"})
 # Whether the replayed request was still running or done (pixelgate_idempotent_replays_total).
 REPLAY_STATES = frozenset({"in_progress", "completed"})
+
+# What happened to an async job (pixelgate_job_events_total): submitted, started,
+# resumed (polling again after its process died), and its end.
+JOB_EVENTS = frozenset({"submitted", "started", "resumed", "completed", "failed", "cancelled"})
+# Final job states (pixelgate_job_duration_seconds).
+JOB_ENDS = frozenset({"completed", "failed", "cancelled"})
+# Completion webhook outcomes (pixelgate_webhook_deliveries_total).
+WEBHOOK_RESULTS = frozenset({"delivered", "retried", "failed"})
+# What the image store was doing (pixelgate_storage_*): an image of a url answer, a job's result.
+STORAGE_KINDS = frozenset({"image", "result"})
 
 # Circuit breaker states as gauge values.
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
@@ -196,6 +208,32 @@ class Metrics:
             "whether the first request was still running (in_progress, followed as it went) or done (completed).",
             ["endpoint", "state"],
         )
+        self.job_events = counter(
+            "pixelgate_job_events",
+            "Async jobs by event: submitted, started, resumed (after its process died), completed, failed, cancelled.",
+            ["event"],
+        )
+        self.job_duration = histogram(
+            "pixelgate_job_duration_seconds", "Async jobs from submission to their end, by final state.", ["state"]
+        )
+        self.jobs_running = Gauge(
+            "pixelgate_jobs_running", "Async jobs running on this gateway.", [], registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.jobs_queued = Gauge(
+            "pixelgate_jobs_queued", "Async jobs waiting for a free slot (queue depth), as the job store counts them.",
+            [], registry=registry, multiprocess_mode="max",
+        )
+        self.webhooks = counter(
+            "pixelgate_webhook_deliveries",
+            "Job completion webhooks by result: delivered, retried (an attempt failed, another follows), failed.",
+            ["result"],
+        )
+        self.storage_writes = counter(
+            "pixelgate_storage_writes", "Objects written to the image store, by kind and result (ok, error).",
+            ["kind", "result"],
+        )
+        self.storage_bytes = counter("pixelgate_storage_bytes", "Bytes written to the image store, by kind.", ["kind"])
         self.idempotency_conflicts = counter(
             "pixelgate_idempotency_conflicts",
             "Requests with an Idempotency-Key answered 409, by reason: mismatch (the key was used for another "
@@ -260,6 +298,27 @@ class Metrics:
 
     def idempotent_replay(self, endpoint: str, state: str) -> None:
         self._child(self.idempotent_replays, endpoint, state if state in REPLAY_STATES else OTHER).inc()
+
+    def job_event(self, event: str) -> None:
+        self._child(self.job_events, event if event in JOB_EVENTS else OTHER).inc()
+
+    def job_ended(self, state: str, seconds: float) -> None:
+        self._child(self.job_duration, state if state in JOB_ENDS else OTHER).observe(seconds)
+
+    def jobs_state(self, running: int, queued: int | None) -> None:
+        self.jobs_running.set(running)
+        if queued is not None:
+            self.jobs_queued.set(queued)
+
+    def webhook(self, result: str) -> None:
+        self._child(self.webhooks, result if result in WEBHOOK_RESULTS else OTHER).inc()
+
+    def stored(self, kind: str, size: int | None) -> None:
+        """An object written (``size``), or a write that failed (None)."""
+        k = kind if kind in STORAGE_KINDS else OTHER
+        self._child(self.storage_writes, k, "ok" if size is not None else "error").inc()
+        if size:
+            self._child(self.storage_bytes, k).inc(size)
 
     def idempotency_conflict(self, reason: str) -> None:
         self._child(self.idempotency_conflicts, reason if reason in IDEMPOTENCY_CONFLICTS else OTHER).inc()

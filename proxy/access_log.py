@@ -52,6 +52,7 @@ class _Line(msgspec.Struct, omit_defaults=True):
     key: str | None = None
     idempotency_key: str | None = None
     replayed: bool = False
+    job_id: str | None = None
     prompt: str | None = None
 
 
@@ -92,6 +93,7 @@ def log_request(r: RequestRecord, prompt: str | None = None) -> None:
         key=r.key,
         idempotency_key=r.idempotency_key,
         replayed=r.replayed,
+        job_id=r.job_id,
         prompt=prompt,
     )
     log.info("%s", _encoder.encode(line).decode())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
@@ -15,7 +17,11 @@ from pixelgate.proxy.routing import Router
 from pixelgate.proxy.state import GatewayState
 from pixelgate.proxy.storage.base import Storage
 
-__all__ = ["ACCESS", "BREAKERS", "CLIENT", "CONFIG", "IDEMPOTENCY", "METRICS", "REGISTRY", "RELAY_SETTINGS", "REQUEST_ID", "RESPONSE_HEADERS", "ROUTER", "STATE", "STORAGE"]
+if TYPE_CHECKING:
+    # The runner uses these keys itself (a runtime import would be circular).
+    from pixelgate.proxy.jobs.runner import JobRunner  # noqa: F401
+
+__all__ = ["ACCESS", "BREAKERS", "CLIENT", "CONFIG", "IDEMPOTENCY", "JOBS", "METRICS", "REGISTRY", "RELAY_SETTINGS", "REQUEST_ID", "RESPONSE_HEADERS", "ROUTER", "STATE", "STORAGE"]
 
 
 ACCESS = web.AppKey("access", AccessControl)
@@ -23,6 +29,8 @@ BREAKERS = web.AppKey("breakers", dict[tuple[str, int], Breaker])
 CONFIG = web.AppKey("config", Config)
 # Only when `idempotency.enabled` (set up by proxy.idempotency.flow.idempotency_store).
 IDEMPOTENCY = web.AppKey[IdempotencyStore]("idempotency")
+# Only when `jobs` is configured (proxy.jobs).
+JOBS = web.AppKey["JobRunner"]("jobs")
 METRICS = web.AppKey("metrics", Metrics)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 RELAY_SETTINGS = web.AppKey("relay_settings", RelaySettings)

@@ -21,6 +21,7 @@ from pixelgate.adapters import REGISTRY
 from pixelgate.core.prices import Price
 from pixelgate.core.translator import ProviderSettings
 from pixelgate.proxy.access.config import AccessConfig, KeyConfig, check_access, plaintext_hint
+from pixelgate.proxy.jobs.config import JobsConfig, check_jobs
 from pixelgate.proxy.storage.config import StorageConfig, check_storage
 
 __all__ = [
@@ -191,6 +192,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     access: AccessConfig = msgspec.field(default_factory=AccessConfig)
     # Stored images behind signed URLs (proxy.storage); off unless configured.
     storage: StorageConfig | None = None
+    # Async jobs (proxy.jobs); off unless configured (they need `storage`).
+    jobs: JobsConfig | None = None
     # Idempotency-Key: a retry replays the first request's response (proxy.idempotency).
     idempotency: IdempotencyConfig = msgspec.field(default_factory=IdempotencyConfig)
 
@@ -255,6 +258,7 @@ class _Document(msgspec.Struct, forbid_unknown_fields=True):
     prices: dict[str, Any] = {}
     access: dict[str, Any] = {}
     storage: Any = None
+    jobs: Any = None
     idempotency: IdempotencyConfig = msgspec.field(default_factory=IdempotencyConfig)
 
 
@@ -272,8 +276,8 @@ def _decode(data: Any) -> Config:
     prices = {name: _convert(p, Price, f"prices.{name}") for name, p in doc.prices.items()}
     return Config(
         providers=providers, models=models, server=doc.server, routing=doc.routing, prices=prices,
-        access=_decode_access(doc.access), storage=_decode_storage(doc.storage),
-        idempotency=doc.idempotency,
+        access=_decode_access(doc.access), storage=(storage := _decode_storage(doc.storage)),
+        jobs=_decode_jobs(doc.jobs, storage), idempotency=doc.idempotency,
     )
 
 
@@ -302,6 +306,22 @@ def _decode_storage(data: Any) -> StorageConfig | None:
     except ValueError as exc:
         raise ConfigError(f"storage.{exc}") from None
     return storage
+
+
+def _decode_jobs(data: Any, storage: StorageConfig | None) -> JobsConfig | None:
+    if data is None:
+        return None
+    jobs = _convert(data, JobsConfig, "jobs")
+    try:
+        check_jobs(jobs, storage is not None)
+    except ValueError as exc:
+        raise ConfigError(f"jobs.{exc}") from None
+    if storage is not None and jobs.retention > storage.ttl:
+        raise ConfigError(
+            f"jobs.retention: {jobs.retention:g} s is longer than storage.ttl ({storage.ttl:g} s), "
+            "which removes the jobs' results: a job would outlive its images"
+        )
+    return jobs
 
 
 def _check(config: Config) -> Config:

@@ -121,7 +121,7 @@ def _log(attempts: list[Attempt]) -> str:
 
 
 async def dispatch(
-    request: web.Request,
+    request: web.BaseRequest | None,
     routes: list[Route],
     exchange: Callable[[Route, list[Attempt], float], Exchange],
     settings: RelaySettings,

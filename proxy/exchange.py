@@ -6,6 +6,7 @@ handlers, so none of them imports another for its types.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pixelgate.core.translator import Translator
@@ -26,6 +27,11 @@ class Exchange:
     transport: Transport
     timeouts: Timeouts
     headers: dict[str, str]  # gateway headers every response carries
+    # Told the provider job's checkpoint (core.translator.Resumable) each time
+    # it changes, so a job runner can resume polling after a restart instead
+    # of submitting again. Called synchronously by the driver: it only keeps
+    # the value (what it raises ends the exchange like any error).
+    checkpoint: Callable[[bytes | None], None] | None = None
 
 
 @dataclass(slots=True)

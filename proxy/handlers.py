@@ -7,19 +7,17 @@ import dataclasses
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from pixelgate.adapters.base import AdapterBase
-from pixelgate.core.errors import GatewayError, InvalidRequest, ModelNotFound, PayloadTooLarge
-from pixelgate.core.prices import cost_usd
-from pixelgate.core.record import AttemptRecord, RequestRecord
-from pixelgate.core.request import ImageRequest, convert_edit_form, decode_edit, decode_request, with_field, with_user
-from pixelgate.core.translator import Edit, Generation, Translator
-from pixelgate.metrics import Metrics, exposition
+from pixelgate.core.errors import InvalidRequest, ModelNotFound, PayloadTooLarge
+from pixelgate.core.record import RequestRecord
+from pixelgate.core.request import ImageRequest, convert_edit_form, decode_edit, decode_request, with_user
+from pixelgate.core.translator import Translator
+from pixelgate.metrics import exposition
 from pixelgate.proxy.access.limits import Ticket, quota_headers
 from pixelgate.proxy.access.middleware import response_headers
 from pixelgate.proxy.access_log import log_request
@@ -36,10 +34,12 @@ from pixelgate.proxy.app_keys import (
     STATE,
     STORAGE,
 )
-from pixelgate.proxy.dispatch import Attempt, dispatch, success_headers
-from pixelgate.proxy.exchange import Exchange, Outcome
+from pixelgate.proxy.attempts import Observer, edit_translator, exchanges, finish_record, generation_translator, note_error
+from pixelgate.proxy.dispatch import dispatch
 from pixelgate.proxy.idempotency import flow as idempotency
 from pixelgate.proxy.idempotency.keys import RequestIdentity
+from pixelgate.proxy.jobs import api as jobs_api
+from pixelgate.proxy.jobs.model import JobInput
 from pixelgate.proxy.relay import RelaySettings
 from pixelgate.proxy.routing import Route
 from pixelgate.proxy.storage.rehost import StoringResponse, storing
@@ -91,50 +91,6 @@ async def _in_flight(request: web.Request, work: Awaitable[web.StreamResponse]) 
         state.leave(task)
 
 
-class _Observer:
-    """Follows one request's attempts into its metrics and its access-log record."""
-
-    __slots__ = ("_metrics", "last", "outcome", "record")
-
-    def __init__(self, metrics: Metrics, record: RequestRecord) -> None:
-        self._metrics = metrics
-        self.record = record
-        self.last: Attempt | None = None
-        self.outcome: Outcome | None = None
-
-    def started(self, route: Route) -> None:
-        self._metrics.attempt_started(route.provider.name)
-
-    def finished(self, attempt: Attempt, outcome: Outcome | None) -> None:
-        route = attempt.route
-        upstream_headers_s = outcome.upstream_headers_s if outcome else None
-        bytes_sent = outcome.bytes_sent if outcome else 0
-        follows: Literal["retry", "fallback"] | None = None
-        if self.last is not None and self.last.kind != "ok":
-            follows = "retry" if self.last.route.breaker is route.breaker else "fallback"
-        self._metrics.observe_attempt(
-            AttemptRecord(
-                provider=route.provider.name,
-                model=route.public_model,
-                kind=attempt.kind,
-                sent=attempt.kind != "circuit_open",
-                bytes_sent=bytes_sent,
-                upstream_headers_s=upstream_headers_s,
-                breaker_state=route.breaker.state.value,
-                follows=follows,
-            )
-        )
-        r = self.record
-        r.attempts += 1
-        r.bytes_in += bytes_sent
-        r.provider, r.model, r.upstream_model = route.provider.name, route.public_model, route.upstream_model
-        if upstream_headers_s is not None:
-            r.upstream_headers_s = upstream_headers_s
-        self.last = attempt
-        if outcome is not None:
-            self.outcome = outcome
-
-
 @dataclass(slots=True)
 class _Admitted:
     """A request that passed every check before the first attempt."""
@@ -159,6 +115,8 @@ class _Read:
     identity: RequestIdentity
     # The rest of its admission: route it, take its quota.
     admit: Callable[[], Awaitable[_Admitted]]
+    # Asked to run as an async job (proxy.jobs): what the job keeps of it.
+    job: JobInput | None = None
 
 
 _R = TypeVar("_R", bound=ImageRequest)
@@ -198,23 +156,6 @@ def _stores(request: web.Request, req: ImageRequest) -> bool:
     return req.response_format == "url" and not req.streaming and STORAGE in request.app
 
 
-# The request's response_format left as it is (see _upstream_format).
-_KEEP = "keep"
-
-
-def _upstream_format(route: Route) -> str | None:
-    """What a route's provider is asked for when the gateway stores the images: ``b64_json`` from
-    one that cannot give URLs; from an OpenAI-compatible upstream, its model's own default (None:
-    the field dropped; GPT image models refuse ``response_format`` and answer base64, DALL-E
-    answers URLs); from one that gives URLs, those (``_KEEP``)."""
-    adapter = route.provider.adapter
-    if not isinstance(adapter, AdapterBase):
-        return _KEEP
-    if adapter.table.judges == "upstream":
-        return None
-    return _KEEP if adapter.table.urls else "b64_json"
-
-
 async def _read_generation(request: web.Request, record: RequestRecord, stack: ExitStack) -> _Read:
     body = await _read_body(request)
     body_read_at = asyncio.get_running_loop().time()
@@ -227,19 +168,12 @@ async def _read_generation(request: web.Request, record: RequestRecord, stack: E
         if (user := _user(request)) is not None:
             sent = with_user(body, user)
             req = msgspec.structs.replace(req, user=user)
-        rid = record.request_id
         stores = _stores(request, req)
-
-        def translator(route: Route) -> Translator:
-            r, body = req, sent
-            if stores and (fmt := _upstream_format(route)) != _KEEP:
-                r = msgspec.structs.replace(req, response_format=fmt or msgspec.UNSET)
-                body = with_field(sent, "response_format", fmt)
-            return route.provider.adapter.generation(Generation(r, body, route.upstream_model, rid))
-
+        translator = generation_translator(req, sent, record.request_id, stores=stores)
         return _Admitted(req, body_read_at, routes, ticket, translator, stores)
 
-    return _Read(decoded, RequestIdentity(request.method, request.path, body=body), admit)
+    job = JobInput("generation", body) if jobs_api.wants_async(request) else None
+    return _Read(decoded, RequestIdentity(request.method, request.path, body=body), admit, job)
 
 
 async def _read_edit(request: web.Request, record: RequestRecord, stack: ExitStack) -> _Read:
@@ -276,6 +210,11 @@ async def _read_edit(request: web.Request, record: RequestRecord, stack: ExitSta
             code="unsupported_media_type",
             status=415,
         )
+    if jobs_api.wants_async(request):
+        raise InvalidRequest(
+            "Edits do not run as async jobs on this gateway yet; send it without `Prefer: respond-async`.",
+            code="unsupported_operation",
+        )
     body_read_at = asyncio.get_running_loop().time()
     record.stream = decoded.streaming
 
@@ -287,51 +226,11 @@ async def _read_edit(request: web.Request, record: RequestRecord, stack: ExitSta
             text = (*((k, v) for k, v in fields if k != "user"), ("user", user))
             if sent is not None:
                 sent = with_user(sent, user)
-        rid = record.request_id
         stores = _stores(request, req)
-
-        def translator(route: Route) -> Translator:
-            r, form, body = req, text, sent
-            if stores and (fmt := _upstream_format(route)) != _KEEP:
-                r = msgspec.structs.replace(req, response_format=fmt or msgspec.UNSET)
-                form = tuple((k, v) for k, v in text if k != "response_format") + ((("response_format", fmt),) if fmt else ())
-                body = with_field(sent, "response_format", fmt) if sent is not None else None
-            return route.provider.adapter.edit(Edit(r, images, mask, form, body, route.upstream_model, rid))
-
+        translator = edit_translator(req, images, mask, text, sent, record.request_id, stores=stores)
         return _Admitted(req, body_read_at, routes, ticket, translator, stores)
 
     return _Read(decoded, identity, admit)
-
-
-def _exchanges(admitted: _Admitted, request_id: str) -> Callable[[Route, list[Attempt], float], Exchange]:
-    """How dispatch builds each attempt of this request."""
-
-    def exchange(route: Route, attempts: list[Attempt], seconds_left: float) -> Exchange:
-        translator = admitted.translator(route)
-        timeouts = route.provider.timeouts
-        if seconds_left < max(timeouts.total, timeouts.first_byte):
-            # The request's deadline bounds every attempt.
-            timeouts = msgspec.structs.replace(
-                timeouts, total=min(timeouts.total, seconds_left), first_byte=min(timeouts.first_byte, seconds_left)
-            )
-        headers = {
-            "x-request-id": request_id,
-            "x-pixelgate-provider": route.provider.name,
-            "x-pixelgate-upstream-model": route.upstream_model,
-            **success_headers(attempts, route),
-        }
-        return Exchange(route.provider.name, translator, route.provider.transport, timeouts, headers)
-
-    return exchange
-
-
-def _note(record: RequestRecord, exc: BaseException) -> None:
-    if isinstance(exc, GatewayError):
-        record.status, record.error_type = exc.status, exc.error_type
-        # Counted against the provider whose error the client gets.
-        record.provider = exc.headers.get("x-pixelgate-provider", record.provider)
-    elif isinstance(exc, asyncio.CancelledError):
-        record.status, record.error_type = 499, "client_disconnect"
 
 
 async def _serve(request: web.Request, endpoint: str, operation: str, read: Read) -> web.StreamResponse:
@@ -342,7 +241,7 @@ async def _serve(request: web.Request, endpoint: str, operation: str, read: Read
     client = request.get(CLIENT)
     record = RequestRecord(request_id=request[REQUEST_ID], endpoint=endpoint, stream=False, operation=operation)
     record.key = client.name if client is not None else None
-    observer = _Observer(metrics, record)
+    observer = Observer(metrics, record)
     got: _Read | None = None
     admitted: _Admitted | None = None
     stack = ExitStack()
@@ -354,16 +253,26 @@ async def _serve(request: web.Request, endpoint: str, operation: str, read: Read
         nonlocal admitted
         assert got is not None
         stored: list[StoringResponse] = []
+        if got.job is not None:
+            try:
+                return await jobs_api.submit(request, got.request, got.job, record, settings.response)
+            except BaseException as exc:
+                note_error(record, exc)
+                raise
         try:
             admitted = await got.admit()
             if admitted.stores:
-                base_url = f"{request.scheme}://{request.host}"
-                settings = dataclasses.replace(settings, response=storing(app[STORAGE], base_url, settings.response, stored))
+                storage, base_url = app[STORAGE], f"{request.scheme}://{request.host}"
+
+                async def url(object_id: str) -> str:
+                    return await storage.url(object_id, base_url)
+
+                settings = dataclasses.replace(settings, response=storing(storage, url, settings.response, stored))
             response, _, outcome = await dispatch(
-                request, admitted.routes, _exchanges(admitted, record.request_id), settings, app[CONFIG].routing, observer
+                request, admitted.routes, exchanges(admitted.translator, record.request_id), settings, app[CONFIG].routing, observer
             )
         except BaseException as exc:
-            _note(record, exc)
+            note_error(record, exc)
             raise
         finally:
             for attempt in stored:
@@ -377,7 +286,7 @@ async def _serve(request: web.Request, endpoint: str, operation: str, read: Read
 
     async def end() -> None:
         stack.close()
-        _finish(record, observer.outcome, started, loop.time(), admitted.body_read_at if admitted else None, metrics)
+        finish_record(record, observer.outcome, started, loop.time(), admitted.body_read_at if admitted else None, metrics)
         if admitted is not None and admitted.ticket is not None:
             # Images actually returned, the stream slot, the cost: after the last byte.
             await app[ACCESS].settle(admitted.ticket, record.images, record.cost_usd)
@@ -405,28 +314,11 @@ async def _serve(request: web.Request, endpoint: str, operation: str, read: Read
         return await idempotency.serve(request, key, got.identity, record, hand_off)
     except BaseException as exc:
         if not handed_off:
-            _note(record, exc)
+            note_error(record, exc)
         raise
     finally:
         if not handed_off:
             await end()
-
-
-def _finish(
-    r: RequestRecord, outcome: Outcome | None, started: float, now: float, body_read: float | None, metrics: Metrics
-) -> None:
-    """Fill the record from the last attempt's outcome, then count it."""
-    r.duration_s = now - started
-    if outcome is not None:
-        if outcome.sent_at is not None and body_read is not None and r.attempts == 1:
-            r.overhead_request_s = outcome.sent_at - body_read
-        r.overhead_response_s = outcome.response_overhead
-        r.first_partial_s = outcome.first_partial_at - started if outcome.first_partial_at else None
-        r.completed_s = outcome.completed_at - started if outcome.completed_at and r.status == 200 else None
-        r.usage, r.images, r.partials = outcome.usage, outcome.images, outcome.partials
-        r.bytes_out, r.keepalives = outcome.bytes_out, outcome.keepalives
-    r.cost_usd = cost_usd(metrics.price(r.model), r.usage, r.images)
-    metrics.observe_request(r)
 
 
 def _known_models(app: web.Application) -> list[str]:

@@ -35,6 +35,7 @@ from pixelgate.core.errors import (
 )
 from pixelgate.core.translator import ResponseHead
 from pixelgate.core.usage import Usage
+from pixelgate.proxy.detached import start as start_response
 from pixelgate.proxy.exchange import Exchange, Outcome
 from pixelgate.proxy.header_values import safe_headers
 from pixelgate.proxy.meter import BodyMeter, EventInfo, KeyScanner, add_usage, classify, inspect_event
@@ -70,7 +71,9 @@ class _Client:
 
     __slots__ = ("_request", "_write_timeout", "outcome", "response")
 
-    def __init__(self, request: web.Request, response: web.StreamResponse, outcome: Outcome, write_timeout: float) -> None:
+    def __init__(
+        self, request: web.BaseRequest | None, response: web.StreamResponse, outcome: Outcome, write_timeout: float
+    ) -> None:
         self._request = request
         self._write_timeout = write_timeout
         self.response = response
@@ -78,7 +81,7 @@ class _Client:
 
     async def write(self, data: bytes | memoryview) -> None:
         if not self.response.prepared:
-            await self.response.prepare(self._request)
+            await start_response(self.response, self._request)
         self.outcome.bytes_out += len(data)
         # write() waits while the client's socket is full: that wait is the
         # backpressure that stops upstream reads, and it must not be endless.
@@ -90,7 +93,7 @@ class _Client:
 
     def abort(self) -> None:
         """Break the connection: the client must not take a cut body as whole."""
-        if (transport := self._request.transport) is not None:
+        if self._request is not None and (transport := self._request.transport) is not None:
             transport.abort()
 
 
@@ -141,8 +144,12 @@ async def _keeping_alive(start: Awaitable[ResponseHead], client: _Client, interv
                 await task
 
 
-async def relay(request: web.Request, ex: Exchange, settings: RelaySettings, outcome: Outcome) -> web.StreamResponse:
+async def relay(
+    request: web.BaseRequest | None, ex: Exchange, settings: RelaySettings, outcome: Outcome
+) -> web.StreamResponse:
     """Run the exchange; return the (already written) response.
+
+    ``request`` is None for a job's run, whose response is ``Detached``.
 
     Raises ``GatewayError`` only before the first byte reached the client.
     """

@@ -44,6 +44,8 @@ from pixelgate.proxy.config import WILDCARD, Config
 from pixelgate.proxy.demo.engine import DemoEngine
 from pixelgate.proxy.header_values import safe_headers
 from pixelgate.proxy.idempotency.flow import idempotency_store
+from pixelgate.proxy.jobs import api as jobs_api
+from pixelgate.proxy.jobs.app import jobs_context
 from pixelgate.proxy.loop import new_event_loop
 from pixelgate.proxy.relay import RelaySettings
 from pixelgate.proxy.routing import Provider, Router
@@ -199,6 +201,13 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
         app.cleanup_ctx.append(storage_context)
         if config.storage.gateway_urls:
             app.router.add_get("/files/{object_id}", serve_file)
+    if config.jobs is not None and config.jobs.enabled:
+        # After the store: jobs stop before it closes.
+        app.cleanup_ctx.append(jobs_context)
+        app.router.add_post("/v1/async/images/generations", handlers.generations)
+        app.router.add_get("/v1/images/jobs", jobs_api.list_jobs)
+        app.router.add_get("/v1/images/jobs/{job_id}", jobs_api.get_job)
+        app.router.add_delete("/v1/images/jobs/{job_id}", jobs_api.cancel_job)
     if config.server.playground:
         app.router.add_get("/", _playground)
         # Plain files, no build step; the browser client is an ES module.

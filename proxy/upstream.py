@@ -30,6 +30,13 @@ that is ending the handler cannot cut it halfway; ``close`` waits for it
 is itself cancelled meanwhile, the call still ends on its own within the
 bound. Its outcome is logged (provider and status, never the URL or key)
 and counted, never raised.
+
+When the exchange asks for them (``Exchange.checkpoint``, a job runner) and
+the translator is ``core.translator.Resumable``, each status document read
+(the submit's answer first) is followed by the translator's checkpoint,
+handed over only when it differs from the last one told (or from the one a
+resumed translator started from), so the runner can persist where the
+provider's job stands.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ from typing import Any
 from yarl import URL
 
 from pixelgate.core.errors import GatewayError, UpstreamProtocolError, UpstreamTimeout
-from pixelgate.core.translator import Cancellable, Guard, MultiCallTranslator, ResponseHead, UpstreamRequest
+from pixelgate.core.translator import Cancellable, Guard, MultiCallTranslator, ResponseHead, Resumable, UpstreamRequest
 from pixelgate.core.upload import body_length
 from pixelgate.core.usage import Usage
 from pixelgate.proxy.exchange import Exchange, Outcome
@@ -132,7 +139,7 @@ _ANSWERED = _Answered()
 class Upstream:
     __slots__ = (
         "_cancelled", "_cancels", "_cm", "_count", "_ex", "_guard", "_next", "_opening", "_outcome", "_response",
-        "_started", "headers", "usage",
+        "_resumable", "_started", "_told", "headers", "usage",
     )
 
     def __init__(self, ex: Exchange, outcome: Outcome, cancels: Cancels | None = None) -> None:
@@ -152,6 +159,14 @@ class Upstream:
         self.headers: Mapping[str, str] = {}
         # Usage the translation took out of the bytes (the relay's meter reads the rest).
         self.usage: Usage | None = None
+        # Whose checkpoints go to ex.checkpoint (None: nobody asked, or the
+        # translator keeps none), and the last one told: a resumed translator
+        # starts from the one its runner has already.
+        self._resumable: Resumable | None = None
+        self._told: bytes | None = None
+        if ex.checkpoint is not None and isinstance(ex.translator, Resumable):
+            self._resumable = ex.translator
+            self._told = ex.translator.checkpoint()
 
     @property
     def waits(self) -> bool:
@@ -262,11 +277,21 @@ class Upstream:
             await self._close(None)
             assert isinstance(translator, MultiCallTranslator), f"{type(translator).__name__} collects no status documents"
             answer = translator.collected(body)
+            if self._resumable is not None:
+                self._checkpoint(self._resumable)
             if isinstance(answer, ResponseHead):
                 # The document was the answer: finish() makes its bytes.
                 self._response, self.headers = _ANSWERED, {}
                 return answer
             call = answer
+
+    def _checkpoint(self, translator: Resumable) -> None:
+        """Tell the exchange's owner where the provider's job stands, if that changed."""
+        checkpoint = translator.checkpoint()
+        if checkpoint != self._told and self._ex.checkpoint is not None:
+            self._told = checkpoint
+            self._ex.checkpoint(checkpoint)
+
     async def _collect(self, response: UpstreamResponse) -> bytes:
         idle = self._ex.timeouts.idle
         try:

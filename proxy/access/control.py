@@ -86,6 +86,8 @@ class AccessControl:
             for k in config.keys
         ]
         self._table = KeyTable(clients)
+        # Who a job's key is when it runs (proxy.jobs): the live keys by name.
+        self._by_name = {client.name: client for _, client, revoked in clients if not revoked}
         self.cors = CorsPolicy(config.cors_origins, (k.cors_origins for k in config.keys), config.cors_max_age)
         # Replaced by the Redis backend at start-up when configured (see proxy.access.middleware).
         self.backend: LimitBackend = MemoryBackend()
@@ -95,6 +97,10 @@ class AccessControl:
     def open(self) -> bool:
         """No keys configured: anyone may call, and no limits apply."""
         return len(self._table) == 0
+
+    def client_named(self, name: str) -> Client | None:
+        """The key of that name, None if there is none (or it was revoked since)."""
+        return self._by_name.get(name)
 
     def _refuse(self, failure: AuthFailure) -> AuthenticationFailed:
         self._metrics.auth_failure(failure.value)

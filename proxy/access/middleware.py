@@ -30,7 +30,11 @@ log = logging.getLogger("pixelgate.access_control")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Refusals of generation requests get an access-log line like any other.
-_LOGGED = {"/v1/images/generations": "images.generations", "/v1/images/edits": "images.edits"}
+_LOGGED = {
+    "/v1/images/generations": "images.generations",
+    "/v1/async/images/generations": "images.generations",
+    "/v1/images/edits": "images.edits",
+}
 
 
 def response_headers(request: web.Request) -> dict[str, str]:

@@ -19,7 +19,7 @@ through untouched.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -30,6 +30,7 @@ from aiohttp.abc import AbstractStreamWriter
 from pixelgate.adapters.jsontap import Close, JsonTap, Open, Path
 from pixelgate.core.errors import StorageUnavailable, UpstreamProtocolError
 from pixelgate.core.image_headers import NotAnImage, read_head
+from pixelgate.proxy.detached import Detached, start
 from pixelgate.proxy.storage.b64decode import Base64Error, Base64ToBytes
 from pixelgate.proxy.storage.base import ObjectWriter, Storage, StorageError
 
@@ -96,12 +97,13 @@ class _Image:
 class ImagesToStorage:
     """Reads an OpenAI ImagesResponse body as it streams; stores its ``b64_json`` images; answers with URLs."""
 
-    __slots__ = ("_base_url", "_current", "_provider", "_storage", "_stored", "_tap", "bytes_stored")
+    __slots__ = ("_current", "_provider", "_storage", "_stored", "_tap", "_url", "bytes_stored")
 
-    def __init__(self, storage: Storage, provider: str, base_url: str | None) -> None:
+    def __init__(self, storage: Storage, provider: str, url: Callable[[str], Awaitable[str]]) -> None:
         self._storage = storage
         self._provider = provider
-        self._base_url = base_url
+        # What the client reads in place of a stored image: its URL (a job's result: a reference).
+        self._url = url
         self._tap = JsonTap(_is_image)
         self._current: _Image | None = None
         # data index -> object id, for the images committed so far.
@@ -141,7 +143,7 @@ class ImagesToStorage:
             item = data[index]
             del item["b64_json"]
             try:
-                item["url"] = await self._storage.url(object_id, self._base_url)
+                item["url"] = await self._url(object_id)
             except StorageError as exc:
                 raise StorageUnavailable(f"The image store failed while signing an image's URL: {exc}") from None
         return msgspec.json.encode(body)
@@ -160,7 +162,7 @@ class ImagesToStorage:
                 log.warning("storage: could not remove an unused image: %s", exc)
 
 
-class StoringResponse(web.StreamResponse):
+class StoringResponse(Detached):
     """Where the relay writes an answer whose images go to storage; the client's
     response (``inner``) is made and sent at ``write_eof``, with the URLs.
 
@@ -183,6 +185,9 @@ class StoringResponse(web.StreamResponse):
         self._request = request
         return None
 
+    async def start(self) -> None:
+        """A job's run: the inner response is detached too."""
+
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         await self.images.feed(bytes(data))
 
@@ -196,22 +201,24 @@ class StoringResponse(web.StreamResponse):
         inner = self._make(status=self.status, headers=headers)
         inner.content_type = "application/json"
         inner.content_length = len(body)
-        assert self._request is not None
         self.inner = inner
-        await inner.prepare(self._request)
+        await start(inner, self._request)
         await inner.write(body)
         await inner.write_eof()
 
 
 def storing(
-    storage: Storage, base_url: str | None, make: Callable[..., web.StreamResponse], made: list[StoringResponse]
+    storage: Storage,
+    url: Callable[[str], Awaitable[str]],
+    make: Callable[..., web.StreamResponse],
+    made: list[StoringResponse],
 ) -> Callable[..., web.StreamResponse]:
     """A response factory for the relay (``RelaySettings.response``) that stores images; ``made`` collects each
     attempt's response, so the handler can discard what a failed one stored."""
 
     def response(**kwargs: Any) -> web.StreamResponse:
         provider = str(kwargs.get("headers", {}).get("x-pixelgate-provider", "the provider"))
-        r = StoringResponse(ImagesToStorage(storage, provider, base_url), make, **kwargs)
+        r = StoringResponse(ImagesToStorage(storage, provider, url), make, **kwargs)
         made.append(r)
         return r
 

@@ -1,0 +1,1 @@
+"""Async image jobs: submit with ``Prefer: respond-async``, poll, cancel (see README, Jobs)."""

@@ -1,0 +1,164 @@
+"""One run of one job: the request rebuilt from its record, dispatched like a synchronous one, its answer stored.
+
+Nothing of the submitting connection is left when a job runs (it may run on
+another process, after a restart), so the run rebuilds what the handler had:
+the key (by name, so a key revoked since is refused), the request decoded
+again from the stored body, its routes, its quota. From there it is the
+synchronous path: ``dispatch`` with its retries, failover and breakers, the
+same observer, metrics and access-log line; only the response is a
+``ResultResponse`` in storage instead of a socket.
+
+A job at a submit/poll provider reports the provider's job handle through
+the exchange's ``checkpoint`` callback; the runner persists it, and a run that
+finds one (its first process died) resumes polling there instead of
+submitting again (``Resumable`` adapters). A job that was in progress without
+one cannot be resumed and is never sent again: it fails, retryably.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import msgspec
+from aiohttp import web
+
+from pixelgate.core.errors import AuthenticationFailed, GatewayError, InvalidRequest
+from pixelgate.core.record import RequestRecord
+from pixelgate.core.request import ImageGenerationRequest, decode_request, with_user
+from pixelgate.core.translator import Resumable, Resume, Translator
+from pixelgate.core.usage import Usage
+from pixelgate.proxy.access_log import log_request
+from pixelgate.proxy.app_keys import ACCESS, CONFIG, METRICS, RELAY_SETTINGS, ROUTER, STORAGE
+from pixelgate.proxy.attempts import Observer, exchanges, finish_record, generation_translator, note_error
+from pixelgate.proxy.dispatch import dispatch
+from pixelgate.proxy.jobs.errors import JobInterrupted
+from pixelgate.proxy.jobs.model import Job
+from pixelgate.proxy.jobs.result import ResultResponse, object_ref
+from pixelgate.proxy.routing import Route
+from pixelgate.proxy.storage.rehost import StoringResponse, storing
+from pixelgate.proxy.upstream import Cancels
+
+__all__ = ["Checkpoint", "Ran", "run_job"]
+
+# Called with the route and the adapter's checkpoint whenever it changes.
+Checkpoint = Callable[[Route, bytes | None], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Ran:
+    """How a run ended: completed with a stored result, or failed with the error the client reads."""
+
+    result: str | None = None
+    # Whether the result's images are stored apart (object references in place of URLs).
+    result_urls: bool = False
+    error: GatewayError | None = None
+    usage: Usage | None = None
+    images: int = 0
+
+
+def _request(app: web.Application, job: Job) -> ImageGenerationRequest:
+    if job.operation != "generation":
+        raise InvalidRequest("This gateway runs only generations as jobs.", code="unsupported_operation")
+    req = decode_request(job.input.body)
+    default = app[CONFIG].routing.default_model
+    if default is not None and not isinstance(req.model, str):
+        req = msgspec.structs.replace(req, model=default)
+    return req
+
+
+async def run_job(app: web.Application, job: Job, checkpoint: Checkpoint, cancels: Cancels, *, resume: bool) -> Ran:
+    """Run ``job`` (claimed by the caller) to its end; never raises a GatewayError (it is the failure).
+
+    ``resume``: it was in progress on a process that stopped; it polls its
+    provider job again, or fails (see ``_resumed``).
+    """
+    metrics, access = app[METRICS], app[ACCESS]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    record = RequestRecord(request_id=job.request_id, endpoint="images.jobs", stream=False, operation=job.operation)
+    record.key, record.job_id, record.idempotency_key = job.key, job.id, job.idempotency_key
+    observer = Observer(metrics, record)
+    ticket = None
+    stored: list[StoringResponse] = []
+    results: list[ResultResponse] = []
+    prompt = None
+    try:
+        client = access.client_named(job.key) if job.key is not None else None
+        if job.key is not None and client is None:
+            raise AuthenticationFailed("The API key that submitted this job was revoked before it ran.", code="invalid_api_key")
+        req = _request(app, job)
+        prompt = req.prompt
+        record.model = req.model if isinstance(req.model, str) else None
+        access.check_model(client, req)
+        routes = app[ROUTER].routes(req.model, req.provider)
+        body = job.input.body
+        if client is not None and access.config.set_user:
+            body, req = with_user(body, client.name), msgspec.structs.replace(req, user=client.name)
+        urls = req.response_format == "url"
+        translator = generation_translator(req, body, job.request_id, stores=urls, always=True)
+        if resume:
+            routes, translator = _resumed(job, routes, req)
+        ticket = await access.admit(client, req)
+        storage = app[STORAGE]
+
+        def result(**kwargs: object) -> web.StreamResponse:
+            results.append(response := ResultResponse(storage, **kwargs))
+            return response
+
+        settings = dataclasses.replace(app[RELAY_SETTINGS], response=result, cancels=cancels)
+        if urls:
+            settings = dataclasses.replace(settings, response=storing(storage, object_ref, result, stored))
+        response, _, outcome = await dispatch(
+            None, routes, exchanges(translator, job.request_id, checkpoint), settings, app[CONFIG].routing, observer
+        )
+        final = response.inner if isinstance(response, StoringResponse) else response
+        if not isinstance(final, ResultResponse) or final.object_id is None:
+            raise JobInterrupted("The provider's answer broke off before it was whole.")
+        record.status, record.error_type = outcome.status, outcome.error_type
+        return Ran(result=final.object_id, result_urls=urls, usage=outcome.usage, images=outcome.images)
+    except GatewayError as exc:
+        note_error(record, exc)
+        return Ran(error=exc)
+    except BaseException as exc:
+        note_error(record, exc)
+        raise
+    finally:
+        for attempt in stored:
+            if attempt.inner is None:
+                await attempt.images.discard()
+        for r in results:
+            if r.object_id is None:
+                await r.discard()
+        finish_record(record, observer.outcome, started, loop.time(), None, metrics)
+        if ticket is not None:
+            await access.settle(ticket, record.images, record.cost_usd)
+        log_request(record, prompt if app[CONFIG].server.log_prompts else None)
+
+
+def _resumed(job: Job, routes: list[Route], req: ImageGenerationRequest) -> tuple[list[Route], Callable[[Route], Translator]]:
+    """The route a job was running at and a translator that polls its provider job again.
+
+    Raises ``JobInterrupted`` when there is none to poll: the job was in
+    progress at a provider that answers on one connection, which died with
+    the process. Sending it again could make (and bill) the image twice.
+    """
+    if job.checkpoint is None or job.provider is None:
+        raise JobInterrupted(
+            "The gateway process running this job stopped while the provider was working on it; "
+            "the job was not sent again (that could make and bill the image twice). Submit it again."
+        )
+    checkpoint = job.checkpoint
+    route = next((r for r in routes if r.provider.name == job.provider), None)
+    adapter = route.provider.adapter if route is not None else None
+    if route is None or adapter is None or not hasattr(adapter, "resume"):
+        raise JobInterrupted(f"The provider {job.provider!r} of this job is no longer configured to resume it.")
+
+    def translator(r: Route) -> Translator:
+        resumed = r.provider.adapter.resume(Resume(req, r.upstream_model, job.request_id, checkpoint))
+        assert isinstance(resumed, Resumable)
+        return resumed
+
+    return [route], translator

@@ -1,0 +1,228 @@
+"""Async jobs (proxy.jobs) over real sockets: submit with ``Prefer: respond-async``, poll, cancel, list.
+
+The gateway runs in-process (aiohttp test server) with a real SQLite job
+store in the test's directory and a local image store; providers are the demo
+engine and the loopback fakes of fal and Replicate (whose calls are counted).
+Restart across processes is in tests/test_jobs_restart.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from tests.access_util import bearer, key_entry, new_key
+from tests.providers.common import gateway_for
+from tests.test_provider_cancel import CANCEL, METHOD, _fake, _model, _paths, _polled, _provider, _slow, _until
+from tests.test_storage import KEY_OLD
+
+PREFER = {"Prefer": "respond-async"}
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+
+
+def jobs_config(tmp_path: Path, providers: dict[str, Any] | None = None, models: dict[str, Any] | None = None,
+                **jobs: Any) -> dict[str, Any]:
+    return {
+        "routing": {"retries": 0},
+        "providers": providers or {"demo": {"adapter": "demo"}},
+        "models": models or {"demo-image": [{"provider": "demo"}]},
+        "storage": {"local": {"path": str(tmp_path / "images")}, "signing_keys": [KEY_OLD]},
+        "jobs": {"path": str(tmp_path / "jobs.sqlite3"), "poll_interval": 0.2, "lease": 1.5, **jobs},
+    }
+
+
+async def submit(session: aiohttp.ClientSession, gw: TestServer, body: dict[str, Any],
+                 headers: dict[str, str] | None = None, path: str = "/v1/images/generations") -> tuple[int, dict, Any]:
+    async with session.post(gw.make_url(path), json=body, headers={**PREFER, **(headers or {})}) as resp:
+        return resp.status, dict(resp.headers), await resp.json()
+
+
+async def until_final(session: aiohttp.ClientSession, gw: TestServer, job_id: str, headers: dict[str, str] | None = None,
+                      timeout: float = 10.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        async with session.get(gw.make_url(f"/v1/images/jobs/{job_id}"), headers=headers or {}) as resp:
+            assert resp.status == 200, await resp.text()
+            job = await resp.json()
+        if job["status"] in ("completed", "failed", "cancelled"):
+            return job
+        assert time.monotonic() < deadline, f"job still {job['status']}"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_job_answers_202_at_once_and_completes_with_base64_or_urls(aiohttp_server, tmp_path: Path) -> None:
+    gw = await gateway_for(aiohttp_server, jobs_config(tmp_path, providers={"demo": {"adapter": "demo", "options": {"latency_ms": 300}}}))
+    async with aiohttp.ClientSession() as session:
+        started = time.monotonic()
+        status, headers, job = await submit(session, gw, {"model": "demo-image", "prompt": "a fox", "size": "64x64"})
+        assert time.monotonic() - started < 0.25  # not held for the generation
+        assert status == 202
+        assert job["status"] == "queued" and job["object"] == "image.job" and job["id"].startswith("imgjob_")
+        assert headers["Location"] == f"/v1/images/jobs/{job['id']}"
+        assert headers["Preference-Applied"] == "respond-async"
+        done = await until_final(session, gw, job["id"])
+        assert done["status"] == "completed" and done["started_at"] and done["finished_at"]
+        (image,) = done["result"]["data"]
+        assert base64.b64decode(image["b64_json"]).startswith(b"\x89PNG")
+        assert done["result"]["usage"]["total_tokens"] > 0
+
+        # The path form, and response_format url: URLs signed when the job is read.
+        status, _, job = await submit(session, gw, {"model": "demo-image", "prompt": "x", "size": "64x64",
+                                                    "response_format": "url", "n": 2},
+                                      path="/v1/async/images/generations")
+        assert status == 202
+        done = await until_final(session, gw, job["id"])
+        urls = [item["url"] for item in done["result"]["data"]]
+        assert len(urls) == 2 and all("/files/" in u and "sig=" in u for u in urls)
+        for url in urls:
+            async with session.get(url) as resp:
+                assert resp.status == 200 and (await resp.read()).startswith(b"\x89PNG")
+
+
+async def test_jobs_are_visible_only_to_their_key(aiohttp_server, tmp_path: Path) -> None:
+    a, b = new_key(), new_key()
+    config = jobs_config(tmp_path) | {"access": {"keys": [key_entry("alice", a), key_entry("bob", b)]}}
+    gw = await gateway_for(aiohttp_server, config)
+    async with aiohttp.ClientSession() as session:
+        _, _, job = await submit(session, gw, {"model": "demo-image", "prompt": "x", "size": "16x16"}, bearer(a))
+        await until_final(session, gw, job["id"], bearer(a))
+        for method in ("GET", "DELETE"):
+            async with session.request(method, gw.make_url(f"/v1/images/jobs/{job['id']}"), headers=bearer(b)) as resp:
+                body = await resp.json()
+                assert resp.status == 404 and body["error"]["code"] == "job_not_found"
+        async with session.get(gw.make_url("/v1/images/jobs/imgjob_" + "0" * 32), headers=bearer(a)) as resp:
+            assert resp.status == 404 and (await resp.json())["error"]["code"] == "job_not_found"
+        async with session.get(gw.make_url("/v1/images/jobs"), headers=bearer(b)) as resp:
+            assert (await resp.json())["data"] == []
+        async with session.get(gw.make_url("/v1/images/jobs"), headers=bearer(a)) as resp:
+            listing = await resp.json()
+        assert [j["id"] for j in listing["data"]] == [job["id"]] and listing["has_more"] is False
+        async with session.get(gw.make_url("/v1/images/jobs"), headers={}) as resp:
+            assert resp.status == 401
+
+
+async def test_submissions_are_checked_before_202(aiohttp_server, tmp_path: Path) -> None:
+    gw = await gateway_for(aiohttp_server, jobs_config(tmp_path))
+    async with aiohttp.ClientSession() as session:
+        status, _, body = await submit(session, gw, {"model": "nope", "prompt": "x"})
+        assert status == 404 and body["error"]["param"] == "model"
+        status, _, body = await submit(session, gw, {"model": "demo-image", "prompt": "x", "stream": True})
+        assert status == 400 and body["error"]["param"] == "stream"
+        status, _, body = await submit(session, gw, {"model": "demo-image", "prompt": "x"},
+                                       {"Pixelgate-Webhook-Url": "https://example.com/hook"})
+        assert status == 400 and body["error"]["code"] == "webhooks_not_configured"
+        status, _, body = await submit(session, gw, {"model": "demo-image"})
+        assert status == 400 and body["error"]["param"] == "prompt"
+
+
+async def test_the_per_key_cap_on_active_jobs(aiohttp_server, tmp_path: Path) -> None:
+    providers = {"demo": {"adapter": "demo", "options": {"latency_ms": 1500}}}
+    gw = await gateway_for(aiohttp_server, jobs_config(tmp_path, providers=providers, max_active_per_key=2))
+    async with aiohttp.ClientSession() as session:
+        results = [await submit(session, gw, {"model": "demo-image", "prompt": "x", "size": "16x16"}) for _ in range(3)]
+        assert [r[0] for r in results] == [202, 202, 429]
+        assert results[2][2]["error"]["code"] == "too_many_jobs" and "max_active_per_key" in results[2][2]["error"]["message"]
+        await until_final(session, gw, results[0][2]["id"])
+        await until_final(session, gw, results[1][2]["id"])
+        assert (await submit(session, gw, {"model": "demo-image", "prompt": "x", "size": "16x16"}))[0] == 202
+
+
+async def test_a_failed_job_carries_the_synchronous_error(aiohttp_server, tmp_path: Path) -> None:
+    async def moderated(request: web.Request) -> web.Response:
+        error = {"error": {"message": "Your request was rejected by the safety system.", "type": "image_generation_user_error",
+                           "param": None, "code": "moderation_blocked"}}
+        return web.json_response(error, status=400)
+
+    app = web.Application()
+    app.router.add_post("/v1/images/generations", moderated)
+    upstream = await aiohttp_server(app)
+    providers = {"up": {"adapter": "openai", "base_url": str(upstream.make_url("/v1"))}}
+    gw = await gateway_for(aiohttp_server, jobs_config(tmp_path, providers=providers, models={"img": [{"provider": "up"}]}))
+    async with aiohttp.ClientSession() as session:
+        async with session.post(gw.make_url("/v1/images/generations"), json={"model": "img", "prompt": "x"}) as resp:
+            sync_status, sync_body = resp.status, await resp.json()
+        _, _, job = await submit(session, gw, {"model": "img", "prompt": "x"})
+        done = await until_final(session, gw, job["id"])
+    assert done["status"] == "failed"
+    assert (done["error_status"], {"error": done["error"]}) == (sync_status, sync_body)
+    assert "result" not in done
+
+
+async def test_cancelling_a_job_cancels_the_provider_job_once(aiohttp_server, tmp_path: Path) -> None:
+    for adapter in ("fal", "replicate"):
+        seen: list[dict] = []
+        slow = await aiohttp_server(_fake(adapter, seen, **_slow(adapter)))
+        providers = {"slow": _provider(adapter, str(slow.make_url("")))}
+        config = jobs_config(tmp_path / adapter, providers=providers, models={"img": [{"provider": "slow", "model": _model(adapter)}]})
+        gw = await gateway_for(aiohttp_server, config)
+        async with aiohttp.ClientSession() as session:
+            _, _, job = await submit(session, gw, {"model": "img", "prompt": "x"})
+            await _polled(seen, adapter)
+            async with session.delete(gw.make_url(f"/v1/images/jobs/{job['id']}")) as resp:
+                assert resp.status == 200
+            done = await until_final(session, gw, job["id"])
+            assert done["status"] == "cancelled"
+            await _until(lambda: len(_paths(seen, CANCEL[adapter])) == 1)
+            await asyncio.sleep(0.3)
+            cancels = _paths(seen, CANCEL[adapter])
+            assert len(cancels) == 1 and cancels[0]["method"] == METHOD[adapter]
+            # Nothing more was asked of the provider after the cancel.
+            last = max(i for i, s in enumerate(seen) if s["path"] == CANCEL[adapter])
+            assert all(s["path"] == CANCEL[adapter] for s in seen[last:])
+
+
+async def test_an_idempotent_submission_makes_one_job(aiohttp_server, tmp_path: Path) -> None:
+    gw = await gateway_for(aiohttp_server, jobs_config(tmp_path))
+    body = {"model": "demo-image", "prompt": "x", "size": "16x16"}
+    async with aiohttp.ClientSession() as session:
+        answers = await asyncio.gather(*(submit(session, gw, body, {"Idempotency-Key": "job-7"}) for _ in range(20)))
+        assert {a[0] for a in answers} == {202}
+        assert len({a[2]["id"] for a in answers}) == 1
+        async with session.get(gw.make_url("/v1/images/jobs")) as resp:
+            assert len((await resp.json())["data"]) == 1
+        status, _, other = await submit(session, gw, {**body, "prompt": "y"}, {"Idempotency-Key": "job-7"})
+        assert status == 409 and other["error"]["code"] == "idempotency_key_reused"
+
+
+def _verify_standard_webhook(secret: str, headers: dict[str, str], body: bytes) -> None:
+    """The Standard Webhooks signature, checked from the spec by hand (not with the gateway's library)."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+    expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    assert abs(time.time() - int(headers["webhook-timestamp"])) < 60
+    assert any(sig == f"v1,{expected}" for sig in headers["webhook-signature"].split(" "))
+
+
+async def test_a_completion_webhook_is_signed_and_names_the_job(aiohttp_server, tmp_path: Path) -> None:
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(({k.lower(): v for k, v in request.headers.items()}, await request.read()))
+        return web.Response(status=204 if len(received) > 1 else 503)  # the first delivery fails: retried
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    receiver = await aiohttp_server(app)
+    webhooks = {"secrets": [WEBHOOK_SECRET], "allow_private_hosts": True, "backoff_base": 0.05}
+    gw = await gateway_for(aiohttp_server, jobs_config(tmp_path, webhooks=webhooks))
+    async with aiohttp.ClientSession() as session:
+        _, _, job = await submit(session, gw, {"model": "demo-image", "prompt": "x", "size": "16x16"},
+                                 {"Pixelgate-Webhook-Url": str(receiver.make_url("/hook"))})
+        await until_final(session, gw, job["id"])
+        await _until(lambda: len(received) == 2)
+    (first, _), (headers, body) = received
+    assert first["webhook-id"] == headers["webhook-id"] == job["id"]
+    _verify_standard_webhook(WEBHOOK_SECRET, headers, body)
+    event = msgspec.json.decode(body)
+    assert event["type"] == "image.job.completed"
+    assert event["data"]["id"] == job["id"] and event["data"]["status"] == "completed"
