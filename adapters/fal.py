@@ -315,6 +315,7 @@ class FalTranslator(FetchingTranslator):
             self._phase = "result"
         else:
             self._phase = "status"
+            self.running(self.polling.cancel("PUT", self._cancel_url))
         self.resumes_with(state)
 
     def _images(self, result: _Result) -> list[str]:

@@ -13,7 +13,7 @@ import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from pixelgate.core.errors import InvalidRequest, ModelNotFound, PayloadTooLarge
+from pixelgate.core.errors import InvalidRequest, ModelNotFound, PayloadTooLarge, StorageUnavailable
 from pixelgate.core.record import RequestRecord
 from pixelgate.core.request import ImageRequest, convert_edit_form, decode_edit, decode_request, with_user
 from pixelgate.core.translator import Translator
@@ -273,12 +273,16 @@ async def _serve(request: web.Request, endpoint: str, operation: str, read: Read
             )
         except BaseException as exc:
             note_error(record, exc)
+            if isinstance(exc, StorageUnavailable):
+                metrics.stored("image", None)
             raise
         finally:
             for attempt in stored:
                 if attempt.inner is None:
                     # An attempt that failed (or was cut) leaves none of its images behind.
                     await attempt.images.discard()
+                for size in attempt.images.sizes:
+                    metrics.stored("image", size)
         record.status, record.error_type = outcome.status, outcome.error_type
         if isinstance(response, StoringResponse) and response.inner is not None:
             return response.inner

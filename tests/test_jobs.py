@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import msgspec
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -158,27 +159,27 @@ async def test_a_failed_job_carries_the_synchronous_error(aiohttp_server, tmp_pa
     assert "result" not in done
 
 
-async def test_cancelling_a_job_cancels_the_provider_job_once(aiohttp_server, tmp_path: Path) -> None:
-    for adapter in ("fal", "replicate"):
-        seen: list[dict] = []
-        slow = await aiohttp_server(_fake(adapter, seen, **_slow(adapter)))
-        providers = {"slow": _provider(adapter, str(slow.make_url("")))}
-        config = jobs_config(tmp_path / adapter, providers=providers, models={"img": [{"provider": "slow", "model": _model(adapter)}]})
-        gw = await gateway_for(aiohttp_server, config)
-        async with aiohttp.ClientSession() as session:
-            _, _, job = await submit(session, gw, {"model": "img", "prompt": "x"})
-            await _polled(seen, adapter)
-            async with session.delete(gw.make_url(f"/v1/images/jobs/{job['id']}")) as resp:
-                assert resp.status == 200
-            done = await until_final(session, gw, job["id"])
-            assert done["status"] == "cancelled"
-            await _until(lambda: len(_paths(seen, CANCEL[adapter])) == 1)
-            await asyncio.sleep(0.3)
-            cancels = _paths(seen, CANCEL[adapter])
-            assert len(cancels) == 1 and cancels[0]["method"] == METHOD[adapter]
-            # Nothing more was asked of the provider after the cancel.
-            last = max(i for i, s in enumerate(seen) if s["path"] == CANCEL[adapter])
-            assert all(s["path"] == CANCEL[adapter] for s in seen[last:])
+@pytest.mark.parametrize("adapter", ["fal", "replicate"])
+async def test_cancelling_a_job_cancels_the_provider_job_once(aiohttp_server, tmp_path: Path, adapter: str) -> None:
+    seen: list[dict] = []
+    slow = await aiohttp_server(_fake(adapter, seen, **_slow(adapter)))
+    providers = {"slow": _provider(adapter, str(slow.make_url("")))}
+    config = jobs_config(tmp_path / adapter, providers=providers, models={"img": [{"provider": "slow", "model": _model(adapter)}]})
+    gw = await gateway_for(aiohttp_server, config)
+    async with aiohttp.ClientSession() as session:
+        _, _, job = await submit(session, gw, {"model": "img", "prompt": "x"})
+        await _polled(seen, adapter)
+        async with session.delete(gw.make_url(f"/v1/images/jobs/{job['id']}")) as resp:
+            assert resp.status == 200
+        done = await until_final(session, gw, job["id"])
+        assert done["status"] == "cancelled"
+        await _until(lambda: len(_paths(seen, CANCEL[adapter])) == 1)
+        await asyncio.sleep(0.3)
+        cancels = _paths(seen, CANCEL[adapter])
+        assert len(cancels) == 1 and cancels[0]["method"] == METHOD[adapter]
+        # Nothing more was asked of the provider after the cancel.
+        last = max(i for i, s in enumerate(seen) if s["path"] == CANCEL[adapter])
+        assert all(s["path"] == CANCEL[adapter] for s in seen[last:])
 
 
 async def test_an_idempotent_submission_makes_one_job(aiohttp_server, tmp_path: Path) -> None:

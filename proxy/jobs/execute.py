@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import msgspec
 from aiohttp import web
 
-from pixelgate.core.errors import AuthenticationFailed, GatewayError, InvalidRequest
+from pixelgate.core.errors import AuthenticationFailed, GatewayError, InvalidRequest, StorageUnavailable
 from pixelgate.core.record import RequestRecord
 from pixelgate.core.request import ImageGenerationRequest, decode_request, with_user
 from pixelgate.core.translator import Resumable, Resume, Translator
@@ -85,6 +85,7 @@ async def run_job(app: web.Application, job: Job, checkpoint: Checkpoint, cancel
     stored: list[StoringResponse] = []
     results: list[ResultResponse] = []
     prompt = None
+    urls = False
     try:
         client = access.client_named(job.key) if job.key is not None else None
         if job.key is not None and client is None:
@@ -117,10 +118,13 @@ async def run_job(app: web.Application, job: Job, checkpoint: Checkpoint, cancel
         final = response.inner if isinstance(response, StoringResponse) else response
         if not isinstance(final, ResultResponse) or final.object_id is None:
             raise JobInterrupted("The provider's answer broke off before it was whole.")
+        metrics.stored("result", final.size)
         record.status, record.error_type = outcome.status, outcome.error_type
         return Ran(result=final.object_id, result_urls=urls, usage=outcome.usage, images=outcome.images)
     except GatewayError as exc:
         note_error(record, exc)
+        if isinstance(exc, StorageUnavailable):
+            metrics.stored("result" if urls is False else "image", None)
         return Ran(error=exc)
     except BaseException as exc:
         note_error(record, exc)
@@ -129,6 +133,8 @@ async def run_job(app: web.Application, job: Job, checkpoint: Checkpoint, cancel
         for attempt in stored:
             if attempt.inner is None:
                 await attempt.images.discard()
+            for size in attempt.images.sizes:
+                metrics.stored("image", size)
         for r in results:
             if r.object_id is None:
                 await r.discard()

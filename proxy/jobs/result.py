@@ -47,6 +47,7 @@ class ResultResponse(Detached):
         self._writer: ObjectWriter | None = None
         # Set once the body is whole and stored.
         self.object_id: str | None = None
+        self.size = 0
 
     @property
     def prepared(self) -> bool:
@@ -74,6 +75,7 @@ class ResultResponse(Detached):
         context, self._context = self._context, None
         await _storing(context.__aexit__(None, None, None))
         self.object_id = self._writer.id
+        self.size = self._writer.size
 
     async def discard(self) -> None:
         """Remove a half-written result (a failed attempt)."""

@@ -129,6 +129,8 @@ class JobRunner:
         while not self._closing:
             try:
                 await self._claim_some()
+                counts = await self.store.count_by_status()
+                self._app[METRICS].jobs_state(len(self._running), counts.get(JobStatus.QUEUED, 0))
             except JobStoreUnavailable as exc:
                 log.warning("jobs: the job store is unavailable: %s", exc)
             except Exception:

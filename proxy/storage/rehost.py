@@ -97,7 +97,7 @@ class _Image:
 class ImagesToStorage:
     """Reads an OpenAI ImagesResponse body as it streams; stores its ``b64_json`` images; answers with URLs."""
 
-    __slots__ = ("_current", "_provider", "_storage", "_stored", "_tap", "_url", "bytes_stored")
+    __slots__ = ("_current", "_provider", "_storage", "_stored", "_tap", "_url", "sizes")
 
     def __init__(self, storage: Storage, provider: str, url: Callable[[str], Awaitable[str]]) -> None:
         self._storage = storage
@@ -108,7 +108,8 @@ class ImagesToStorage:
         self._current: _Image | None = None
         # data index -> object id, for the images committed so far.
         self._stored: dict[int, str] = {}
-        self.bytes_stored = 0
+        # The size of each image stored (for the storage metrics).
+        self.sizes: list[int] = []
 
     async def feed(self, chunk: bytes) -> None:
         try:
@@ -121,7 +122,7 @@ class ImagesToStorage:
                     index = piece.path[1]
                     assert isinstance(index, int)
                     self._stored[index] = await image.close(self._storage)
-                    self.bytes_stored += image.writer.size if image.writer else 0
+                    self.sizes.append(image.writer.size if image.writer else 0)
                 else:
                     assert self._current is not None
                     await self._current.feed(self._storage, piece)
