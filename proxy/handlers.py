@@ -42,7 +42,7 @@ from pixelgate.proxy.jobs import api as jobs_api
 from pixelgate.proxy.jobs.model import JobInput
 from pixelgate.proxy.relay import RelaySettings
 from pixelgate.proxy.routing import Route
-from pixelgate.proxy.storage.rehost import StoringResponse, storing
+from pixelgate.proxy.storage.rehost import StoringResponse, settle, storing
 from pixelgate.proxy.uploads import Spool, json_images, read_form
 
 __all__ = ["edits", "generations", "healthz", "metrics", "model", "models", "providers", "readyz"]
@@ -277,12 +277,7 @@ async def _serve(request: web.Request, endpoint: str, operation: str, read: Read
                 metrics.stored("image", None)
             raise
         finally:
-            for attempt in stored:
-                if attempt.inner is None:
-                    # An attempt that failed (or was cut) leaves none of its images behind.
-                    await attempt.images.discard()
-                for size in attempt.images.sizes:
-                    metrics.stored("image", size)
+            await settle(stored, metrics)
         record.status, record.error_type = outcome.status, outcome.error_type
         if isinstance(response, StoringResponse) and response.inner is not None:
             return response.inner

@@ -38,7 +38,7 @@ from pixelgate.proxy.jobs.errors import JobInterrupted
 from pixelgate.proxy.jobs.model import Job
 from pixelgate.proxy.jobs.result import ResultResponse, object_ref
 from pixelgate.proxy.routing import Route
-from pixelgate.proxy.storage.rehost import StoringResponse, storing
+from pixelgate.proxy.storage.rehost import StoringResponse, settle, storing
 from pixelgate.proxy.upstream import Cancels
 
 __all__ = ["Checkpoint", "Ran", "run_job"]
@@ -130,11 +130,7 @@ async def run_job(app: web.Application, job: Job, checkpoint: Checkpoint, cancel
         note_error(record, exc)
         raise
     finally:
-        for attempt in stored:
-            if attempt.inner is None:
-                await attempt.images.discard()
-            for size in attempt.images.sizes:
-                metrics.stored("image", size)
+        await settle(stored, metrics)
         for r in results:
             if r.object_id is None:
                 await r.discard()

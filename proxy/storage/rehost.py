@@ -30,11 +30,12 @@ from aiohttp.abc import AbstractStreamWriter
 from pixelgate.adapters.jsontap import Close, JsonTap, Open, Path
 from pixelgate.core.errors import StorageUnavailable, UpstreamProtocolError
 from pixelgate.core.image_headers import NotAnImage, read_head
+from pixelgate.metrics import Metrics
 from pixelgate.proxy.detached import Detached, start
 from pixelgate.proxy.storage.b64decode import Base64Error, Base64ToBytes
 from pixelgate.proxy.storage.base import ObjectWriter, Storage, StorageError
 
-__all__ = ["ImagesToStorage", "StoringResponse", "storing"]
+__all__ = ["ImagesToStorage", "StoringResponse", "settle", "storing"]
 
 log = logging.getLogger("pixelgate.storage")
 
@@ -206,6 +207,16 @@ class StoringResponse(Detached):
         await start(inner, self._request)
         await inner.write(body)
         await inner.write_eof()
+
+
+async def settle(stored: list[StoringResponse], metrics: Metrics) -> None:
+    """After a request: the images of attempts that did not reach the client removed, the rest counted."""
+    for attempt in stored:
+        if attempt.inner is None:
+            # An attempt that failed (or was cut) leaves none of its images behind.
+            await attempt.images.discard()
+        for size in attempt.images.sizes:
+            metrics.stored("image", size)
 
 
 def storing(
