@@ -116,12 +116,13 @@ def edit_translator(
     request_id: str,
     *,
     stores: bool,
+    always: bool = False,
 ) -> Callable[[Route], Translator]:
     """An edit's translator per route, as ``generation_translator``."""
 
     def translator(route: Route) -> Translator:
         r, form, body = req, fields, json_body
-        if stores and (fmt := upstream_format(route)) != KEEP:
+        if stores and (fmt := upstream_format(route, always)) != KEEP:
             r = msgspec.structs.replace(req, response_format=fmt or msgspec.UNSET)
             form = (*((k, v) for k, v in fields if k != "response_format"), *((("response_format", fmt),) if fmt else ()))
             body = with_field(json_body, "response_format", fmt) if json_body is not None else None

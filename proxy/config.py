@@ -88,6 +88,8 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
     upload_dir: str | None = None
 
     def body_limit(self, path: str) -> int:
+        # An async submission (proxy.jobs) has its synchronous endpoint's limit.
+        path = path.replace("/v1/async/", "/v1/", 1)
         default = EDIT_MAX_BODY_BYTES if path == "/v1/images/edits" else self.max_body_bytes
         return self.endpoint_max_body_bytes.get(path, default)
 

@@ -39,6 +39,7 @@ from pixelgate.proxy.dispatch import dispatch
 from pixelgate.proxy.idempotency import flow as idempotency
 from pixelgate.proxy.idempotency.keys import RequestIdentity
 from pixelgate.proxy.jobs import api as jobs_api
+from pixelgate.proxy.jobs.inputs import check_json_edit, keep_inputs
 from pixelgate.proxy.jobs.model import JobInput
 from pixelgate.proxy.relay import RelaySettings
 from pixelgate.proxy.routing import Route
@@ -115,8 +116,9 @@ class _Read:
     identity: RequestIdentity
     # The rest of its admission: route it, take its quota.
     admit: Callable[[], Awaitable[_Admitted]]
-    # Asked to run as an async job (proxy.jobs): what the job keeps of it.
-    job: JobInput | None = None
+    # Asked to run as an async job (proxy.jobs): what the job keeps of it (made
+    # once the request passed its checks: an edit's files go into storage).
+    job: Callable[[], Awaitable[JobInput]] | None = None
 
 
 _R = TypeVar("_R", bound=ImageRequest)
@@ -172,8 +174,11 @@ async def _read_generation(request: web.Request, record: RequestRecord, stack: E
         translator = generation_translator(req, sent, record.request_id, stores=stores)
         return _Admitted(req, body_read_at, routes, ticket, translator, stores)
 
-    job = JobInput("generation", body) if jobs_api.wants_async(request) else None
-    return _Read(decoded, RequestIdentity(request.method, request.path, body=body), admit, job)
+    async def job() -> JobInput:
+        return JobInput("generation", body)
+
+    wanted = job if jobs_api.wants_async(request) else None
+    return _Read(decoded, RequestIdentity(request.method, request.path, body=body), admit, wanted)
 
 
 async def _read_edit(request: web.Request, record: RequestRecord, stack: ExitStack) -> _Read:
@@ -210,11 +215,20 @@ async def _read_edit(request: web.Request, record: RequestRecord, stack: ExitSta
             code="unsupported_media_type",
             status=415,
         )
+    job: Callable[[], Awaitable[JobInput]] | None = None
     if jobs_api.wants_async(request):
-        raise InvalidRequest(
-            "Edits do not run as async jobs on this gateway yet; send it without `Prefer: respond-async`.",
-            code="unsupported_operation",
-        )
+        if json_body is not None:
+            check_json_edit(json_body)
+            kept_body = json_body
+
+            async def job() -> JobInput:
+                return JobInput("edit", body=kept_body)
+        else:
+            text_fields = tuple(fields)
+
+            async def job() -> JobInput:
+                files = await keep_inputs(request.app[STORAGE], images, mask)
+                return JobInput("edit", fields=text_fields, files=files)
     body_read_at = asyncio.get_running_loop().time()
     record.stream = decoded.streaming
 
@@ -230,7 +244,7 @@ async def _read_edit(request: web.Request, record: RequestRecord, stack: ExitSta
         translator = edit_translator(req, images, mask, text, sent, record.request_id, stores=stores)
         return _Admitted(req, body_read_at, routes, ticket, translator, stores)
 
-    return _Read(decoded, identity, admit)
+    return _Read(decoded, identity, admit, job)
 
 
 async def _serve(request: web.Request, endpoint: str, operation: str, read: Read) -> web.StreamResponse:

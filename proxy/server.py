@@ -205,6 +205,7 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
         # After the store: jobs stop before it closes.
         app.cleanup_ctx.append(jobs_context)
         app.router.add_post("/v1/async/images/generations", handlers.generations)
+        app.router.add_post("/v1/async/images/edits", handlers.edits)
         app.router.add_get("/v1/images/jobs", jobs_api.list_jobs)
         app.router.add_get("/v1/images/jobs/{job_id}", jobs_api.get_job)
         app.router.add_delete("/v1/images/jobs/{job_id}", jobs_api.cancel_job)

@@ -23,9 +23,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from tests.access_util import bearer, key_entry, new_key
-from tests.providers.common import gateway_for
+from tests.providers.common import PNG, gateway_for
+from tests.providers.stability import stability_app
 from tests.test_provider_cancel import CANCEL, METHOD, _fake, _model, _paths, _polled, _provider, _slow, _until
-from tests.test_storage import KEY_OLD
+from tests.test_storage import KEY_OLD, files_under
 
 PREFER = {"Prefer": "respond-async"}
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
@@ -227,3 +228,39 @@ async def test_a_completion_webhook_is_signed_and_names_the_job(aiohttp_server, 
     event = msgspec.json.decode(body)
     assert event["type"] == "image.job.completed"
     assert event["data"]["id"] == job["id"] and event["data"]["status"] == "completed"
+
+
+async def test_edits_run_as_jobs_multipart_and_json(aiohttp_server, tmp_path: Path) -> None:
+    seen: list[dict] = []
+    upstream = await aiohttp_server(stability_app(seen))
+    providers = {"stability": {"adapter": "stability", "base_url": str(upstream.make_url("")), "api_key": "k"}}
+    config = jobs_config(tmp_path, providers=providers, models={"img": [{"provider": "stability", "model": "sd3.5-large"}],
+                                                              "demo-image": [{"provider": "demo"}]})
+    config["providers"]["demo"] = {"adapter": "demo"}
+    gw = await gateway_for(aiohttp_server, config)
+    async with aiohttp.ClientSession() as session:
+        form = aiohttp.FormData()
+        form.add_field("model", "img")
+        form.add_field("prompt", "at night")
+        form.add_field("response_format", "url")
+        form.add_field("image", PNG, filename="in.png", content_type="image/png")
+        async with session.post(gw.make_url("/v1/async/images/edits"), data=form) as resp:
+            assert resp.status == 202, await resp.text()
+            job = await resp.json()
+        assert job["operation"] == "edit"
+        done = await until_final(session, gw, job["id"])
+        assert done["status"] == "completed", done
+        async with session.get(done["result"]["data"][0]["url"]) as resp:
+            assert await resp.read() == PNG
+        # The file reached the provider byte for byte, and the kept input is gone after the job.
+        assert seen[-1]["files"]["image"]["data"] == PNG
+        assert len([f for f in files_under(tmp_path / "images") if not f.endswith(".json")]) == 2  # image + result
+
+        data_url = "data:image/png;base64," + base64.b64encode(PNG).decode()
+        body = {"model": "demo-image", "prompt": "brighter", "images": [{"image_url": data_url}], "size": "64x64"}
+        async with session.post(gw.make_url("/v1/images/edits"), json=body, headers=PREFER) as resp:
+            assert resp.status == 202, await resp.text()
+            job = await resp.json()
+        done = await until_final(session, gw, job["id"])
+        assert done["status"] == "completed", done
+        assert base64.b64decode(done["result"]["data"][0]["b64_json"]).startswith(b"\x89PNG")

@@ -34,6 +34,7 @@ _LOGGED = {
     "/v1/images/generations": "images.generations",
     "/v1/async/images/generations": "images.generations",
     "/v1/images/edits": "images.edits",
+    "/v1/async/images/edits": "images.edits",
 }
 
 

@@ -19,7 +19,7 @@ as for an id that does not exist.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from pixelgate.core.request import ImageRequest
 from pixelgate.proxy.app_keys import ACCESS, CLIENT, CONFIG, JOBS, ROUTER, STORAGE
 from pixelgate.proxy.detached import start
 from pixelgate.proxy.jobs.errors import JobNotFound
+from pixelgate.proxy.jobs.inputs import drop_inputs
 from pixelgate.proxy.jobs.model import Job, JobInput, JobStatus, new_job_id
 from pixelgate.proxy.jobs.result import signed_result
 from pixelgate.proxy.jobs.runner import JobRunner
@@ -104,7 +105,7 @@ def _location(job: Job) -> str:
 
 
 async def submit(
-    request: web.Request, req: ImageRequest, job_input: JobInput, record: RequestRecord,
+    request: web.Request, req: ImageRequest, keep: Callable[[], Awaitable[JobInput]], record: RequestRecord,
     make: Callable[..., web.StreamResponse],
 ) -> web.StreamResponse:
     """Check the request as a synchronous one would be before its first attempt, queue it, answer 202."""
@@ -127,6 +128,7 @@ async def submit(
             raise InvalidRequest(f"This gateway sends no webhooks (jobs.webhooks is not configured); drop {WEBHOOK_HEADER}.",
                                  param="webhook_url", code="webhooks_not_configured")
         check_webhook_url(webhook, hooks)
+    job_input = await keep()
     job = Job(
         id=new_job_id(), key=client.name if client is not None else None, status=JobStatus.QUEUED,
         operation=job_input.operation, model=model, created_at=runner.now(), input=job_input,
@@ -134,8 +136,11 @@ async def submit(
     )
     try:
         await runner.submit(job)
-    except JobStoreUnavailable as exc:
-        raise _unavailable(exc) from None
+    except BaseException as exc:
+        await drop_inputs(app[STORAGE], job_input.files)
+        if isinstance(exc, JobStoreUnavailable):
+            raise _unavailable(exc) from None
+        raise
     record.job_id, record.status = job.id, 202
     body = msgspec.json.encode(_view(job))
     headers = {"Location": _location(job), "Preference-Applied": "respond-async", "Content-Type": "application/json",

@@ -21,24 +21,35 @@ import asyncio
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import msgspec
 from aiohttp import web
 
-from pixelgate.core.errors import AuthenticationFailed, GatewayError, InvalidRequest, StorageUnavailable
+from pixelgate.core.errors import AuthenticationFailed, GatewayError, StorageUnavailable
 from pixelgate.core.record import RequestRecord
-from pixelgate.core.request import ImageGenerationRequest, decode_request, with_user
+from pixelgate.core.request import (
+    ImageEditRequest,
+    ImageGenerationRequest,
+    ImageRequest,
+    convert_edit_form,
+    decode_edit,
+    decode_request,
+    with_user,
+)
 from pixelgate.core.translator import Resumable, Resume, Translator
 from pixelgate.core.usage import Usage
 from pixelgate.proxy.access_log import log_request
 from pixelgate.proxy.app_keys import ACCESS, CONFIG, METRICS, RELAY_SETTINGS, ROUTER, STORAGE
-from pixelgate.proxy.attempts import Observer, exchanges, finish_record, generation_translator, note_error
+from pixelgate.proxy.attempts import Observer, edit_translator, exchanges, finish_record, generation_translator, note_error
 from pixelgate.proxy.dispatch import dispatch
 from pixelgate.proxy.jobs.errors import JobInterrupted
+from pixelgate.proxy.jobs.inputs import restore_inputs
 from pixelgate.proxy.jobs.model import Job
 from pixelgate.proxy.jobs.result import ResultResponse, object_ref
 from pixelgate.proxy.routing import Route
 from pixelgate.proxy.storage.rehost import StoringResponse, settle, storing
+from pixelgate.proxy.uploads import Spool, json_images
 from pixelgate.proxy.upstream import Cancels
 
 __all__ = ["Checkpoint", "Ran", "run_job"]
@@ -59,14 +70,44 @@ class Ran:
     images: int = 0
 
 
-def _request(app: web.Application, job: Job) -> ImageGenerationRequest:
-    if job.operation != "generation":
-        raise InvalidRequest("This gateway runs only generations as jobs.", code="unsupported_operation")
-    req = decode_request(job.input.body)
+_R = TypeVar("_R", bound=ImageRequest)
+
+
+def _defaulted(app: web.Application, req: _R) -> _R:
     default = app[CONFIG].routing.default_model
     if default is not None and not isinstance(req.model, str):
         req = msgspec.structs.replace(req, model=default)
     return req
+
+
+async def _operation(
+    app: web.Application, job: Job, user: str | None, spool: Spool
+) -> tuple[ImageGenerationRequest | ImageEditRequest, Callable[[Route], Translator]]:
+    """The job's request, as the handler would have decoded it, and its translator per route."""
+    inputs, rid = job.input, job.request_id
+    if job.operation == "generation":
+        req = _defaulted(app, decode_request(inputs.body))
+        body = inputs.body
+        if user is not None:
+            body, req = with_user(body, user), msgspec.structs.replace(req, user=user)
+        urls = req.response_format == "url"
+        return req, generation_translator(req, body, rid, stores=urls, always=True)
+    if inputs.body:
+        edit = _defaulted(app, decode_edit(inputs.body))
+        images, mask = json_images(edit, spool)
+        fields: tuple[tuple[str, str], ...] = ()
+        json_body: bytes | None = inputs.body
+    else:
+        fields = inputs.fields
+        edit = _defaulted(app, convert_edit_form(dict(fields)))
+        images, mask = await restore_inputs(app[STORAGE], inputs.files, spool)
+        json_body = None
+    if user is not None:
+        edit = msgspec.structs.replace(edit, user=user)
+        fields = (*((k, v) for k, v in fields if k != "user"), ("user", user)) if fields else ()
+        json_body = with_user(json_body, user) if json_body is not None else None
+    urls = edit.response_format == "url"
+    return edit, edit_translator(edit, images, mask, fields, json_body, rid, stores=urls, always=True)
 
 
 async def run_job(app: web.Application, job: Job, checkpoint: Checkpoint, cancels: Cancels, *, resume: bool) -> Ran:
@@ -86,20 +127,18 @@ async def run_job(app: web.Application, job: Job, checkpoint: Checkpoint, cancel
     results: list[ResultResponse] = []
     prompt = None
     urls = False
+    spool = Spool(app[CONFIG].server.upload_dir)
     try:
         client = access.client_named(job.key) if job.key is not None else None
         if job.key is not None and client is None:
             raise AuthenticationFailed("The API key that submitted this job was revoked before it ran.", code="invalid_api_key")
-        req = _request(app, job)
+        user = client.name if client is not None and access.config.set_user else None
+        req, translator = await _operation(app, job, user, spool)
         prompt = req.prompt
         record.model = req.model if isinstance(req.model, str) else None
         access.check_model(client, req)
         routes = app[ROUTER].routes(req.model, req.provider)
-        body = job.input.body
-        if client is not None and access.config.set_user:
-            body, req = with_user(body, client.name), msgspec.structs.replace(req, user=client.name)
         urls = req.response_format == "url"
-        translator = generation_translator(req, body, job.request_id, stores=urls, always=True)
         if resume:
             routes, translator = _resumed(job, routes, req)
         ticket = await access.admit(client, req)
@@ -130,6 +169,7 @@ async def run_job(app: web.Application, job: Job, checkpoint: Checkpoint, cancel
         note_error(record, exc)
         raise
     finally:
+        spool.close()
         await settle(stored, metrics)
         for r in results:
             if r.object_id is None:
@@ -140,7 +180,7 @@ async def run_job(app: web.Application, job: Job, checkpoint: Checkpoint, cancel
         log_request(record, prompt if app[CONFIG].server.log_prompts else None)
 
 
-def _resumed(job: Job, routes: list[Route], req: ImageGenerationRequest) -> tuple[list[Route], Callable[[Route], Translator]]:
+def _resumed(job: Job, routes: list[Route], req: ImageGenerationRequest | ImageEditRequest) -> tuple[list[Route], Callable[[Route], Translator]]:
     """The route a job was running at and a translator that polls its provider job again.
 
     Raises ``JobInterrupted`` when there is none to poll: the job was in

@@ -21,6 +21,8 @@ from typing import Literal
 
 import msgspec
 
+from pixelgate.core.upload import InputImage
+
 __all__ = ["FINAL", "InputFile", "Job", "JobInput", "JobStatus", "new_job_id"]
 
 
@@ -41,12 +43,12 @@ def new_job_id() -> str:
 
 
 class InputFile(msgspec.Struct, frozen=True):
-    """An edit's input image or mask, kept in ``storage`` until the job ends."""
+    """A multipart edit's input image or mask, kept in ``storage`` until the job ends."""
 
     field: Literal["image", "mask"]
-    filename: str
     object_id: str
-    content_type: str
+    # As sniffed at submission; its ``path`` is re-made (a spool file) when the job runs.
+    image: InputImage
 
 
 class JobInput(msgspec.Struct, frozen=True):
@@ -54,7 +56,8 @@ class JobInput(msgspec.Struct, frozen=True):
     rewrites, the default model and ``user``, are applied again when it runs)."""
 
     operation: Literal["generation", "edit"]
-    # The JSON body (a generation, or an edit sent as JSON); b"" for a multipart edit.
+    # The JSON body (a generation, or an edit sent as JSON, whose data: URLs are
+    # spooled again when it runs); b"" for a multipart edit.
     body: bytes = b""
     # A multipart edit's text fields, in order.
     fields: tuple[tuple[str, str], ...] = ()

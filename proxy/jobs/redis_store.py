@@ -113,9 +113,9 @@ _CREATE = _LIB + """
 -- ARGV: prefix, id, record, key?, created, status, fin?, owner?, lease, cancel, cap ('' for none)
 local id, key, created, status, fin, owner, lease = ARGV[2], opt(ARGV[4]), ARGV[5], ARGV[6], opt(ARGV[7]), opt(ARGV[8]), ARGV[9]
 local rk = record_key(id)
-if redis.call('EXISTS', rk) == 1 then return -1 end
 local cap = tonumber(ARGV[11])
 if cap and redis.call('SCARD', active_key(key)) >= cap then return 0 end
+if redis.call('EXISTS', rk) == 1 then return -1 end
 local fields = {'rec', ARGV[3], 'created', created, 'status', status, 'lease', lease, 'cancel', ARGV[10]}
 if key then table.insert(fields, 'key'); table.insert(fields, key) end
 if fin then table.insert(fields, 'fin'); table.insert(fields, fin) end

@@ -34,6 +34,7 @@ from pixelgate.proxy.app_keys import METRICS, STATE, STORAGE
 from pixelgate.proxy.jobs.config import JobsConfig
 from pixelgate.proxy.jobs.errors import TooManyJobs
 from pixelgate.proxy.jobs.execute import Ran, run_job
+from pixelgate.proxy.jobs.inputs import drop_inputs
 from pixelgate.proxy.jobs.model import Job, JobStatus
 from pixelgate.proxy.jobs.store import JobStore, JobStoreUnavailable
 from pixelgate.proxy.jobs.webhooks import WebhookSender
@@ -119,8 +120,10 @@ class JobRunner:
             # Ours: stopped now (another process stops its own at its next renewal).
             self._cancelled.add(job_id)
             task.cancel()
-        if job is not None and job.status is JobStatus.CANCELLED:
+        if job is not None and job.status is JobStatus.CANCELLED and job_id not in self._running:
+            # Cancelled before it ran (the store ended it): nothing else will drop its inputs.
             self._app[METRICS].job_event("cancelled")
+            await drop_inputs(self._app[STORAGE], job.input.files)
         return job
 
     # The loops.
@@ -257,6 +260,8 @@ class JobRunner:
         if not await self.store.update(job, self.owner):
             log.warning("jobs: job %s ended here after another process took it over; its end is not recorded", job.id)
             return
+        # An edit's input images are needed no more.
+        await drop_inputs(self._app[STORAGE], job.input.files)
         metrics = self._app[METRICS]
         metrics.job_event(status.value)
         if job.started_at is not None and job.finished_at is not None:

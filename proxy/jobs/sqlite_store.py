@@ -191,6 +191,8 @@ class SqliteJobStore:
         return JobStoreUnavailable(f"the SQLite job store {self._path!r} cannot be used: {type(exc).__name__}: {exc}")
 
     async def start(self) -> None:
+        if self._db is not None:
+            return
         try:
             await asyncio.to_thread(os.makedirs, self._parent, exist_ok=True)
             # isolation_level None: autocommit, each statement its own transaction (no implicit
@@ -247,7 +249,7 @@ class SqliteJobStore:
         if self._db is None:
             raise RuntimeError("SqliteJobStore used before start() or after close()")
         try:
-            return builtins.list(await self._db.execute_fetchall(sql, params))
+            return list(await self._db.execute_fetchall(sql, params))
         except _BUGS:
             raise
         except _UNUSABLE as exc:
@@ -274,10 +276,7 @@ class SqliteJobStore:
         return [_job(row) for row in rows]
 
     async def claim(self, job_id: str, owner: str, lease_until: float, now: float) -> Job | None:
-        rows = await self._rows(_GET, (job_id,))
-        if not rows or (rows[0][4] is not None and rows[0][4] != owner and rows[0][5] >= now):
-            return None
-        rows = await self._rows("UPDATE jobs SET owner = :owner, lease_until = :lease_until WHERE id = :id RETURNING " + _ROW, {"id": job_id, "owner": owner, "lease_until": lease_until})
+        rows = await self._rows(_CLAIM, {"id": job_id, "owner": owner, "lease_until": lease_until, "now": now})
         return _job(rows[0]) if rows else None
 
     async def update(self, job: Job, owner: str) -> bool:

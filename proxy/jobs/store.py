@@ -71,6 +71,7 @@ class JobStore(Protocol):
 
     async def get(self, job_id: str) -> Job | None: ...
 
+    # Below this method, `list` in the class body is the method: annotations spell builtins.list.
     async def list(self, key: str | None, limit: int, before: float | None = None) -> list[Job]:
         """The key's jobs, newest first (``created_at`` descending, then id descending), at most ``limit``;
         ``before``: only jobs created before that time (pagination)."""
