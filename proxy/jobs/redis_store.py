@@ -144,10 +144,11 @@ h[OWNER], h[LEASE] = owner, lease
 return h
 """
 
-# The lease is the owner's (claim, renew) and a cancel request stays: see proxy.jobs.store.
+# The lease is the owner's (claim, renew) unless the record gives the job up, and a cancel
+# request stays: see proxy.jobs.store.
 _UPDATE = _LIB + """
--- ARGV: prefix, id, owner, record, status, fin?, cancel
-local id, status, fin = ARGV[2], ARGV[5], opt(ARGV[6])
+-- ARGV: prefix, id, owner, record, status, fin?, cancel, release (the lease_until it leaves, or '')
+local id, status, fin, release = ARGV[2], ARGV[5], opt(ARGV[6]), opt(ARGV[8])
 local h = read(id)
 if not h or h[OWNER] ~= ARGV[3] or FINAL[h[STATUS]] then return 0 end
 local rk = record_key(id)
@@ -155,6 +156,11 @@ local cancel = '0'
 if h[CANCEL] == '1' or ARGV[7] == '1' then cancel = '1' end
 redis.call('HSET', rk, 'rec', ARGV[4], 'status', status, 'cancel', cancel)
 if fin then redis.call('HSET', rk, 'fin', fin) else redis.call('HDEL', rk, 'fin') end
+if release then
+  redis.call('HDEL', rk, 'owner')
+  redis.call('HSET', rk, 'lease', release)
+  if not FINAL[status] then redis.call('ZADD', LEASES, release, id) end
+end
 moved(id, h[KEY], h[STATUS], status, fin)
 return 1
 """
@@ -260,7 +266,7 @@ def _job(fields: Sequence[Any]) -> Job:
 
 class RedisJobStore:
     """Needs a client that answers bytes in RESP2 (``decode_responses`` off, the default protocol: as
-    ``proxy.access.redis_client.connect`` makes it). The client is the caller's: ``close`` leaves it open."""
+    ``proxy.access.redis_client.connect`` makes it). The store takes the client over: ``close`` closes it."""
 
     def __init__(self, client: aioredis.Redis, prefix: str, *, timeout: float = 1.0) -> None:
         self._client = client
@@ -293,7 +299,7 @@ class RedisJobStore:
         await self._call(self._client.ping())
 
     async def close(self) -> None:
-        pass
+        await self._client.aclose()
 
     async def create(self, job: Job, max_active_per_key: int | None) -> bool:
         check_record(job)
@@ -326,7 +332,7 @@ class RedisJobStore:
         check_record(job)
         args: list[str | bytes] = [
             self._prefix, job.id, owner, encode(job), job.status.value, _opt(job.finished_at),
-            "1" if job.cancel_requested else "0",
+            "1" if job.cancel_requested else "0", _opt(job.lease_until if job.owner is None else None),
         ]
         return bool(await self._call(self._update(args=args)))
 

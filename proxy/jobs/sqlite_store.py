@@ -114,10 +114,13 @@ WHERE id = :id AND {_ACTIVE} AND (owner IS NULL OR lease_until < :now OR owner =
 RETURNING {_ROW}
 """
 
-# The lease is the owner's (claim, renew) and a cancel request stays: see proxy.jobs.store.
+# The lease is the owner's (claim, renew) unless the record gives the job up, and a cancel
+# request stays: see proxy.jobs.store.
 _UPDATE = f"""
 UPDATE jobs SET record = :record, status = :status, finished_at = :finished_at,
-    cancel_requested = cancel_requested OR :cancel_requested
+    cancel_requested = cancel_requested OR :cancel_requested,
+    owner = CASE WHEN :release THEN NULL ELSE owner END,
+    lease_until = CASE WHEN :release THEN :lease_until ELSE lease_until END
 WHERE id = :id AND owner = :owner AND {_ACTIVE}
 RETURNING id
 """
@@ -288,6 +291,8 @@ class SqliteJobStore:
             "status": job.status.value,
             "finished_at": job.finished_at,
             "cancel_requested": int(job.cancel_requested),
+            "release": int(job.owner is None),
+            "lease_until": job.lease_until,
         }
         return bool(await self._rows(_UPDATE, params))
 

@@ -21,9 +21,11 @@ UPDATE (SQLite) or a short Lua script (Redis), with no decoding in the store.
 Which writer owns which column:
 
 - ``key`` and ``created_at``: fixed by ``create``;
-- ``owner`` and ``lease_until``: ``claim`` and ``renew`` (``update`` leaves
+- ``owner`` and ``lease_until``: ``claim`` and ``renew``. ``update`` leaves
   them alone, so a runner's stale copy cannot shorten a lease its renewal loop
-  has just extended);
+  has just extended, except to give the job up: a record written with owner
+  None releases it (owner None, ``lease_until`` the record's, 0 to let another
+  process claim it at once, as a shutdown does);
 - ``cancel_requested``: set by ``request_cancel``, and never cleared by
   ``update`` (a cancel that arrives while the runner writes is not lost);
 - ``status`` and ``finished_at``: ``update`` (and ``request_cancel`` for a
@@ -87,9 +89,11 @@ class JobStore(Protocol):
         """Write the record, only if the stored record's owner is still ``owner`` and it is not final
         (compare-and-set); False when the lease was lost (nothing written).
 
-        Owner, lease, key and created_at stay as stored; ``cancel_requested`` stays set once set.
-        Writing a final status (with ``finished_at``, else ``ValueError``) is how a run ends: the job
-        leaves the recoverable set, and ``sweep`` finds it by ``finished_at``."""
+        Key and created_at stay as stored, and ``cancel_requested`` stays set once set. Owner and lease
+        stay as stored too, unless ``job.owner`` is None: that gives the job up (owner None, lease
+        ``job.lease_until``; 0 makes it recoverable at once). Writing a final status (with
+        ``finished_at``, else ``ValueError``) is how a run ends: the job leaves the recoverable set,
+        and ``sweep`` finds it by ``finished_at``."""
         ...
 
     async def renew(self, job_ids: builtins.list[str], owner: str, lease_until: float) -> builtins.list[str]:
