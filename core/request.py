@@ -212,7 +212,7 @@ def with_user(body: bytes, user: str) -> bytes:
     return with_field(body, "user", user)
 
 
-def with_field(body: bytes, name: str, value: str | None) -> bytes:
+def with_field(body: bytes, name: str, value: str | bool | None) -> bytes:
     """The client's body with one field set (``None``: removed); everything else re-emitted as it came."""
     fields = _raw_map_decoder.decode(body)
     if value is None:

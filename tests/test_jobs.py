@@ -264,3 +264,62 @@ async def test_edits_run_as_jobs_multipart_and_json(aiohttp_server, tmp_path: Pa
         done = await until_final(session, gw, job["id"])
         assert done["status"] == "completed", done
         assert base64.b64decode(done["result"]["data"][0]["b64_json"]).startswith(b"\x89PNG")
+
+
+async def test_a_job_with_partial_images_reports_them_while_it_runs(aiohttp_server, tmp_path: Path) -> None:
+    providers = {"demo": {"adapter": "demo", "options": {"interval_ms": 300}}}
+    gw = await gateway_for(aiohttp_server, jobs_config(tmp_path, providers=providers))
+    async with aiohttp.ClientSession() as session:
+        for fmt in ("b64_json", "url"):
+            body = {"model": "demo-image", "prompt": "x", "size": "64x64", "n": 2, "partial_images": 2,
+                    "response_format": fmt}
+            _, _, job = await submit(session, gw, body)
+            progress = []
+            deadline = time.monotonic() + 15
+            while True:
+                async with session.get(gw.make_url(f"/v1/images/jobs/{job['id']}")) as resp:
+                    seen = await resp.json()
+                if seen["status"] == "completed":
+                    break
+                progress.append(seen.get("partial_images", 0))
+                assert seen["status"] != "failed", seen["error"]
+                assert seen["status"] in ("queued", "in_progress") and time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            # Counted as they came (progress), and the result is the synchronous body: two images.
+            assert max(progress) >= 1 and progress == sorted(progress)
+            assert seen["partial_images"] == 4
+            data = seen["result"]["data"]
+            assert len(data) == 2 and seen["result"]["usage"]["total_tokens"] > 0
+            assert seen["result"]["output_format"] == "png" and isinstance(seen["result"]["created"], int)
+            for item in data:
+                if fmt == "url":
+                    async with session.get(item["url"]) as resp:
+                        assert (await resp.read()).startswith(b"\x89PNG")
+                else:
+                    assert base64.b64decode(item["b64_json"]).startswith(b"\x89PNG")
+
+
+async def test_a_streamed_job_ending_in_an_error_event_fails_with_it(aiohttp_server, tmp_path: Path) -> None:
+    async def stream(request: web.Request) -> web.StreamResponse:
+        assert (await request.json())["stream"] is True
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        partial = {"type": "image_generation.partial_image", "b64_json": "iVBORw0KGgo=", "partial_image_index": 0}
+        await resp.write(b"event: image_generation.partial_image\ndata: " + msgspec.json.encode(partial) + b"\n\n")
+        error = {"type": "error", "error": {"message": "Your request was rejected by the safety system.",
+                                            "type": "image_generation_user_error", "code": "moderation_blocked", "param": None}}
+        await resp.write(b"event: error\ndata: " + msgspec.json.encode(error) + b"\n\n")
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/images/generations", stream)
+    upstream = await aiohttp_server(app)
+    providers = {"up": {"adapter": "openai", "base_url": str(upstream.make_url("/v1"))}}
+    gw = await gateway_for(aiohttp_server, jobs_config(tmp_path, providers=providers, models={"img": [{"provider": "up"}]}))
+    async with aiohttp.ClientSession() as session:
+        _, _, job = await submit(session, gw, {"model": "img", "prompt": "x", "partial_images": 1})
+        done = await until_final(session, gw, job["id"])
+    assert done["status"] == "failed" and done["partial_images"] == 1
+    assert done["error"]["code"] == "moderation_blocked" and "safety" in done["error"]["message"]
+    assert [f for f in files_under(tmp_path / "images") if not f.endswith(".json")] == []

@@ -21,7 +21,7 @@ import asyncio
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -35,6 +35,7 @@ from pixelgate.core.request import (
     convert_edit_form,
     decode_edit,
     decode_request,
+    with_field,
     with_user,
 )
 from pixelgate.core.translator import Resumable, Resume, Translator
@@ -44,6 +45,7 @@ from pixelgate.proxy.app_keys import ACCESS, CONFIG, METRICS, RELAY_SETTINGS, RO
 from pixelgate.proxy.attempts import Observer, edit_translator, exchanges, finish_record, generation_translator, note_error
 from pixelgate.proxy.dispatch import dispatch
 from pixelgate.proxy.jobs.errors import JobInterrupted
+from pixelgate.proxy.jobs.events import StreamResultResponse
 from pixelgate.proxy.jobs.inputs import restore_inputs
 from pixelgate.proxy.jobs.model import Job
 from pixelgate.proxy.jobs.result import ResultResponse, object_ref
@@ -80,16 +82,27 @@ def _defaulted(app: web.Application, req: _R) -> _R:
     return req
 
 
+def _streams(req: ImageRequest) -> bool:
+    """A job that asks for partial images runs as a stream (see proxy.jobs.events)."""
+    return isinstance(req.partial_images, int) and req.partial_images > 0
+
+
 async def _operation(
     app: web.Application, job: Job, user: str | None, spool: Spool
 ) -> tuple[ImageGenerationRequest | ImageEditRequest, Callable[[Route], Translator]]:
-    """The job's request, as the handler would have decoded it, and its translator per route."""
+    """The job's request, as the handler would have decoded it (``stream: true`` when it
+    asks for partial images), and its translator per route."""
     inputs, rid = job.input, job.request_id
     if job.operation == "generation":
         req = _defaulted(app, decode_request(inputs.body))
         body = inputs.body
         if user is not None:
             body, req = with_user(body, user), msgspec.structs.replace(req, user=user)
+        if _streams(req):
+            # Events carry base64: for `url` the images are stored from them, and the
+            # provider is asked for what it can stream (see upstream_format).
+            req, body = msgspec.structs.replace(req, stream=True), with_field(body, "stream", True)
+            return req, generation_translator(req, body, rid, stores=req.response_format == "url", always=True)
         urls = req.response_format == "url"
         return req, generation_translator(req, body, rid, stores=urls, always=True)
     if inputs.body:
@@ -106,12 +119,22 @@ async def _operation(
         edit = msgspec.structs.replace(edit, user=user)
         fields = (*((k, v) for k, v in fields if k != "user"), ("user", user)) if fields else ()
         json_body = with_user(json_body, user) if json_body is not None else None
+    if _streams(edit):
+        edit = msgspec.structs.replace(edit, stream=True)
+        fields = (*((k, v) for k, v in fields if k != "stream"), ("stream", "true")) if fields else ()
+        json_body = with_field(json_body, "stream", True) if json_body is not None else None
+        urls = edit.response_format == "url"
+        return edit, edit_translator(edit, images, mask, fields, json_body, rid, stores=urls, always=True)
     urls = edit.response_format == "url"
     return edit, edit_translator(edit, images, mask, fields, json_body, rid, stores=urls, always=True)
 
 
-async def run_job(app: web.Application, job: Job, checkpoint: Checkpoint, cancels: Cancels, *, resume: bool) -> Ran:
+async def run_job(
+    app: web.Application, job: Job, checkpoint: Checkpoint, cancels: Cancels, on_partial: Callable[[int], None],
+    *, resume: bool,
+) -> Ran:
     """Run ``job`` (claimed by the caller) to its end; never raises a GatewayError (it is the failure).
+    ``on_partial`` hears the count of partial images so far (a streamed job).
 
     ``resume``: it was in progress on a process that stopped; it polls its
     provider job again, or fails (see ``_resumed``).
@@ -124,7 +147,7 @@ async def run_job(app: web.Application, job: Job, checkpoint: Checkpoint, cancel
     observer = Observer(metrics, record)
     ticket = None
     stored: list[StoringResponse] = []
-    results: list[ResultResponse] = []
+    results: list[ResultResponse | StreamResultResponse] = []
     prompt = None
     urls = False
     spool = Spool(app[CONFIG].server.upload_dir)
@@ -144,18 +167,23 @@ async def run_job(app: web.Application, job: Job, checkpoint: Checkpoint, cancel
         ticket = await access.admit(client, req)
         storage = app[STORAGE]
 
-        def result(**kwargs: object) -> web.StreamResponse:
-            results.append(response := ResultResponse(storage, **kwargs))
-            return response
+        streams = req.streaming
+
+        def result(**kwargs: Any) -> web.StreamResponse:
+            made = StreamResultResponse(storage, urls, on_partial, **kwargs) if streams else ResultResponse(storage, **kwargs)
+            results.append(made)
+            return made
 
         settings = dataclasses.replace(app[RELAY_SETTINGS], response=result, cancels=cancels)
-        if urls:
+        if urls and not streams:
             settings = dataclasses.replace(settings, response=storing(storage, object_ref, result, stored))
         response, _, outcome = await dispatch(
             None, routes, exchanges(translator, job.request_id, checkpoint), settings, app[CONFIG].routing, observer
         )
         final = response.inner if isinstance(response, StoringResponse) else response
-        if not isinstance(final, ResultResponse) or final.object_id is None:
+        if isinstance(final, StreamResultResponse) and final.error is not None:
+            raise final.error
+        if not isinstance(final, ResultResponse | StreamResultResponse) or final.object_id is None:
             raise JobInterrupted("The provider's answer broke off before it was whole.")
         metrics.stored("result", final.size)
         record.status, record.error_type = outcome.status, outcome.error_type

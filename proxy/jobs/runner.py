@@ -197,7 +197,9 @@ class JobRunner:
             if not await self.store.update(job, self.owner):
                 return  # lost it already
             metrics.job_event("resumed" if resumed else "started")
-            ran = await run_job(self._app, job, self._checkpoint(job), self._cancels(), resume=resumed)
+            ran = await run_job(
+                self._app, job, self._checkpoint(job), self._cancels(), self._partials(job), resume=resumed
+            )
             await self._finish(job, ran)
         except asyncio.CancelledError:
             if job.id in self._cancelled:
@@ -214,9 +216,9 @@ class JobRunner:
             self._cancelled.discard(job.id)
             self._wake.set()
 
-    def _checkpoint(self, job: Job) -> Callable[[Route, bytes | None], None]:
-        """Keep the provider's job handle in the record (written at once, in order)."""
-        writes: list[asyncio.Task[None]] = []
+    def _writes(self, job: Job) -> Callable[[], None]:
+        """Write the record now, after any write before it (in order; failures logged)."""
+        last: list[asyncio.Task[None]] = []
 
         async def write(previous: asyncio.Task[None] | None) -> None:
             if previous is not None:
@@ -225,11 +227,31 @@ class JobRunner:
             try:
                 await self.store.update(job, self.owner)
             except JobStoreUnavailable as exc:
-                log.warning("jobs: job %s: could not record the provider's job: %s", job.id, exc)
+                log.warning("jobs: job %s: could not record its progress: %s", job.id, exc)
+
+        def persist() -> None:
+            task = asyncio.ensure_future(write(last[0] if last else None))
+            last[:] = [task]
+
+        return persist
+
+    def _checkpoint(self, job: Job) -> Callable[[Route, bytes | None], None]:
+        """Keep the provider's job handle in the record, so another process can poll it."""
+        persist = self._writes(job)
 
         def heard(route: Route, checkpoint: bytes | None) -> None:
             job.provider, job.checkpoint = route.provider.name, checkpoint
-            writes.append(asyncio.ensure_future(write(writes[-1] if writes else None)))
+            persist()
+
+        return heard
+
+    def _partials(self, job: Job) -> Callable[[int], None]:
+        """Keep the count of partial images in the record (what a poll reads as progress)."""
+        persist = self._writes(job)
+
+        def heard(count: int) -> None:
+            job.partial_images = count
+            persist()
 
         return heard
 

@@ -35,7 +35,7 @@ from pixelgate.proxy.detached import Detached, start
 from pixelgate.proxy.storage.b64decode import Base64Error, Base64ToBytes
 from pixelgate.proxy.storage.base import ObjectWriter, Storage, StorageError
 
-__all__ = ["ImagesToStorage", "StoringResponse", "settle", "storing"]
+__all__ = ["ImageSink", "ImagesToStorage", "StoringResponse", "settle", "storing"]
 
 log = logging.getLogger("pixelgate.storage")
 
@@ -56,7 +56,7 @@ def _content_type(head: bytes) -> str:
         return "application/octet-stream"
 
 
-class _Image:
+class ImageSink:
     """One ``b64_json`` string on its way into the store."""
 
     __slots__ = ("_context", "_decoder", "_head", "writer")
@@ -106,7 +106,7 @@ class ImagesToStorage:
         # What the client reads in place of a stored image: its URL (a job's result: a reference).
         self._url = url
         self._tap = JsonTap(_is_image)
-        self._current: _Image | None = None
+        self._current: ImageSink | None = None
         # data index -> object id, for the images committed so far.
         self._stored: dict[int, str] = {}
         # The size of each image stored (for the storage metrics).
@@ -116,7 +116,7 @@ class ImagesToStorage:
         try:
             for piece in self._tap.feed(chunk):
                 if isinstance(piece, Open):
-                    self._current = _Image()
+                    self._current = ImageSink()
                 elif isinstance(piece, Close):
                     image, self._current = self._current, None
                     assert image is not None
