@@ -43,6 +43,9 @@ class LoadSpec(msgspec.Struct, frozen=True):
     content_type: str = "application/json"
     # SSE event boundaries every answer must have (None: a plain body).
     expect_events: int | None = None
+    # Every answer must be JSON whose data[i] carry a "url" and no "b64_json"
+    # (response_format url): bodies are kept and parsed, their size may vary.
+    expect_url: bool = False
     # The measured phase is cut off (an error) after this many seconds.
     hard_timeout: float = 60.0
     # Processes whose CPU time is read around the measured phase.
@@ -90,12 +93,25 @@ class _Run:
         """Why this response is wrong, or None."""
         if resp.status != 200:
             return f"HTTP {resp.status}"
+        if self.spec.expect_url:
+            return _url_problem(resp)
         if expected_size and resp.body_bytes != expected_size:
             return f"body of {resp.body_bytes} bytes, expected {expected_size}"
         want = self.spec.expect_events
         if want is not None and resp.events != want:
             return f"{resp.events} SSE events, expected {want}"
         return None
+
+
+def _url_problem(resp: Response) -> str | None:
+    """Why a response_format url answer is wrong, or None."""
+    try:
+        data = msgspec.json.decode(bytes(resp.body or b""))["data"]
+        if not data or any(not str(d.get("url", "")).startswith("http") or "b64_json" in d for d in data):
+            return f"no URL in the answer: {bytes(resp.body or b'')[:200]!r}"
+    except (msgspec.DecodeError, KeyError, TypeError, AttributeError):
+        return f"not a JSON answer with data: {bytes(resp.body or b'')[:200]!r}"
+    return None
 
 
 async def _connect(spec: LoadSpec, conn: Connection | None) -> Connection:
@@ -111,7 +127,7 @@ async def _worker(run: _Run, conn: Connection, expected_size: int) -> Connection
         conn = await _connect(run.spec, conn)
         started = time.perf_counter()
         try:
-            resp = await conn.request(run.request)
+            resp = await conn.request(run.request, capture=run.spec.expect_url)
         except HttpError as exc:
             result.errors += 1
             result.first_error = result.first_error or str(exc)
@@ -158,6 +174,8 @@ async def measure(spec: LoadSpec, body: bytes) -> LoadResult:
     try:
         sample = await _sample(spec, conns[0], request)
         expected_size = sample.body_bytes
+        if spec.expect_url and (problem := _url_problem(sample)) is not None:
+            raise HttpError(f"sample request: {problem}")
         if spec.expect_events is not None and sample.events != spec.expect_events:
             raise HttpError(f"sample request: {sample.events} SSE events, expected {spec.expect_events}")
         warm = _Run(spec, request, spec.warmup, None, record=False)

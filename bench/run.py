@@ -6,7 +6,10 @@ each scenario three times with the same load (``bench.loadgen`` in a process
 of its own): direct to the upstream, through the gateway, through the floor.
 Targets are judged on gateway vs direct, as they are defined; the floor shows
 how much of a miss any aiohttp proxy would share on this machine (floor vs
-direct) and how much is the gateway's own (gateway vs floor). Prints a table
+direct) and how much is the gateway's own (gateway vs floor).
+``url_s3_c4`` (``response_format: "url"`` into a real S3 server, SeaweedFS,
+started for it and stopped after it) runs through a gateway of its own only:
+neither direct nor the floor can store. Prints a table
 (and its Markdown form, for the README: one table vs direct, one vs the
 floor) and writes ``bench/results/latest.json`` and ``latest.md``.
 
@@ -22,6 +25,7 @@ duration and request count (e.g. 0.3 for a quick smoke run).
 from __future__ import annotations
 
 import argparse
+import base64
 import dataclasses
 import datetime
 import importlib.util
@@ -30,7 +34,9 @@ import platform
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
 import zlib
 from pathlib import Path
 from typing import Any, NoReturn
@@ -41,7 +47,8 @@ from bench.loadgen import LoadResult, LoadSpec
 from bench.procfs import reset_peak_rss, rss_kib
 from bench.report import LEGEND, VS_DIRECT, VS_FLOOR, Row, markdown_table, text_table, write_json
 from bench.scenarios import SCENARIOS, Measured, Scenario
-from bench.servers import HOST, ROOT, BenchError, Servers, child_preexec, running_servers
+from bench.seaweed import running_seaweed
+from bench.servers import HOST, ROOT, BenchError, ManagedProcess, Servers, child_preexec, running_servers, running_storage_gateway
 from bench.stats import RssInfo, Summary, summarize
 
 RESULTS = ROOT / "bench" / "results"
@@ -164,6 +171,7 @@ def _spec(sc: Scenario, port: int, watch: dict[str, int], scale: float, scratch:
         duration=duration,
         warmup=max(sc.concurrency, int(sc.warmup * scale)),
         expect_events=sc.expect_events,
+        expect_url=sc.storage,
         hard_timeout=duration + 15.0,
         watch_pids=watch,
     )
@@ -174,13 +182,18 @@ def _check(side: str, summary: Summary) -> None:
         raise BenchError(f"{side}: {summary.errors} failed of {summary.requests} requests; first: {summary.first_error}")
 
 
-def _through(sc: Scenario, servers: Servers, scale: float, name: str, pid: int, port: int) -> tuple[Summary, RssInfo]:
+def _through(
+    sc: Scenario, servers: Servers, scale: float, name: str, pid: int, port: int,
+    check: ManagedProcess | None = None, watch: dict[str, int] | None = None,
+) -> tuple[Summary, RssInfo]:
     """One run through a proxy; its RSS peak is reset first, so it covers this run only."""
     baseline = rss_kib(pid)["VmRSS"]
     reset = reset_peak_rss(pid)
     upstream = servers.edits.pid if sc.upload else servers.upstream.pid
-    summary = _load(_spec(sc, port, {name: pid, "upstream": upstream}, scale, servers.scratch))
+    summary = _load(_spec(sc, port, {name: pid, "upstream": upstream, **(watch or {})}, scale, servers.scratch))
     servers.check_alive()
+    if check is not None and not check.alive():
+        raise BenchError(f"{check.name} (pid {check.pid}) has exited:\n{check.log_tail()}")
     peak = rss_kib(pid)["VmHWM"]
     _check(name, summary)
     return summary, RssInfo(baseline_kib=baseline, peak_kib=peak, peak_reset=reset)
@@ -211,26 +224,78 @@ def measure(sc: Scenario, servers: Servers, scale: float) -> Measured:
     return Measured(direct, gateway, floor, gateway_rss, floor_rss)
 
 
+def _post_json(url: str, body: dict[str, Any], timeout: float = 30.0) -> Any:
+    req = urllib.request.Request(url, data=msgspec.json.encode(body), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return msgspec.json.decode(resp.read())
+
+
+def _check_stored(sc: Scenario, servers: Servers, gateway: ManagedProcess) -> int:
+    """One answer's URL fetched from S3: the very image the upstream sends as base64, decoded.
+
+    ``created: 0`` and the demo's cached payload make the upstream's image the
+    same on every request, so one direct request says what must be stored.
+    """
+    answer = _post_json(f"http://{HOST}:{gateway.port}{sc.path}", sc.body())
+    try:
+        url = answer["data"][0]["url"]
+    except (KeyError, IndexError, TypeError):
+        raise BenchError(f"sampled answer has no URL: {str(answer)[:200]}") from None
+    with urllib.request.urlopen(url, timeout=30.0) as resp:
+        stored = resp.read()
+    direct_body = {k: v for k, v in sc.body().items() if k != "response_format"}
+    expected = base64.b64decode(_post_json(f"http://{HOST}:{servers.upstream_port}{sc.path}", direct_body)["data"][0]["b64_json"])
+    if stored != expected:
+        raise BenchError(f"the stored image ({len(stored)} B) is not the upstream's ({len(expected)} B decoded)")
+    return len(stored)
+
+
+def measure_storage(sc: Scenario, servers: Servers, scale: float) -> Measured:
+    """Through a gateway of its own that stores in SeaweedFS; both started here, stopped at the end.
+
+    One answer's URL is then fetched back (``_check_stored``): its size is ``Measured.stored_bytes``.
+    """
+    logs = RESULTS / "logs"
+    with (
+        tempfile.TemporaryDirectory(prefix="seaweed-", dir=servers.scratch) as root,
+        running_seaweed(Path(root), logs / "seaweed.log") as s3,
+    ):
+        storage: dict[str, object] = {
+            "backend": "s3",
+            "s3": {"bucket": s3.bucket, "prefix": "bench/", "endpoint": s3.endpoint, "region": s3.region,
+                   "access_key_id": s3.access_key_id, "secret_access_key": s3.secret_access_key, "urls": "presigned"},
+        }
+        with running_storage_gateway(servers, storage, logs) as gateway:
+            summary, rss = _through(sc, servers, scale, "gateway", gateway.pid, gateway.port,
+                                    check=gateway, watch={"s3": s3.pid})
+            stored = _check_stored(sc, servers, gateway)
+    return Measured(None, summary, None, rss, None, stored_bytes=stored)
+
+
 def run_scenario(sc: Scenario, servers: Servers, scale: float) -> dict[str, Any]:
     started = time.monotonic()
     out: dict[str, Any] = {"name": sc.name, "description": sc.description, "params": sc.params()}
     try:
         servers.check_alive()
-        m = measure(sc, servers, scale)
+        m = measure_storage(sc, servers, scale) if sc.storage else measure(sc, servers, scale)
     except BenchError as exc:
         out |= {"error": str(exc), "rows": [Row(sc.name, "", "", None, None, error=str(exc))]}
     else:
         out |= {
             "error": None,
-            "direct": dataclasses.asdict(m.direct),
+            "direct": _asdict(m.direct),
             "gateway": dataclasses.asdict(m.gateway),
-            "floor": dataclasses.asdict(m.floor),
+            "floor": _asdict(m.floor),
             "gateway_rss": dataclasses.asdict(m.gateway_rss),
-            "floor_rss": dataclasses.asdict(m.floor_rss),
+            "floor_rss": _asdict(m.floor_rss),
             "rows": sc.rows(sc, m),
         }
     out["seconds"] = round(time.monotonic() - started, 1)
     return out
+
+
+def _asdict(value: Summary | RssInfo | None) -> dict[str, Any] | None:
+    return None if value is None else dataclasses.asdict(value)
 
 
 # Above this share of the cores taken by other processes during a run, its
@@ -255,12 +320,13 @@ def _cpu_table(results: list[dict[str, Any]]) -> str:
     for res in results:
         if res["error"]:
             continue
-        for i, side in enumerate(_SIDES):
+        for i, side in enumerate(side for side in _SIDES if res[side] is not None):
             cpu, other, irq = (res[side][k] for k in ("cpu_us_per_request", "other_cpu_pct", "irq_cpu_pct"))
             proxy = f"{cpu.get(side, 0):8.0f}" if side != "direct" else f"{'-':>8}"
             lines.append(
                 f"  {res['name'] if i == 0 else '':<14} {side:<8} {proxy} {cpu.get('upstream', 0):8.0f}"
                 f" {cpu.get('loadgen', 0):8.0f} {_pct(other):>6} {_pct(irq):>6}"
+                + (f"  (SeaweedFS {cpu['s3']:.0f})" if "s3" in cpu else "")
             )
     return "\n".join(lines)
 
@@ -289,7 +355,7 @@ def _contention(results: list[dict[str, Any]]) -> str | None:
         for res in results
         if not res["error"]
         for side in _SIDES
-        if _contended(res[side])
+        if res[side] is not None and _contended(res[side])
     ]
     if not hit:
         return None

@@ -1,10 +1,15 @@
-"""The five scenarios: what load each applies, and what each reports.
+"""The scenarios: what load each applies, and what each reports.
 
 Every scenario sends the same body direct to the demo upstream, through the
 gateway (which forwards the ``demo`` knobs untouched) and through the floor
 proxy (which forwards the body as-is), so the only difference between the
 measurements is the hop. ``created: 0`` makes answers byte-identical, which
 the bench checks (size and sha256) on all three.
+
+``url_s3_c4`` is the exception: ``response_format: "url"`` with the images
+stored in a real S3 server (SeaweedFS, ``bench.seaweed``), which neither
+direct nor the floor can do. It runs through a gateway of its own (with a
+``storage`` section) only, and reports that gateway's memory and throughput.
 
 Durations are chosen so that each scenario, direct + gateway + floor, ends
 within about 35 s, and the whole run within about 3 minutes on 2 cores.
@@ -24,13 +29,18 @@ __all__ = ["SCENARIOS", "Measured", "Scenario"]
 
 @dataclass(frozen=True)
 class Measured:
-    """One scenario's three runs under the same load, and both proxies' memory."""
+    """One scenario's three runs under the same load, and both proxies' memory.
 
-    direct: Summary
+    A gateway-only scenario (``Scenario.storage``) has no direct or floor run.
+    """
+
+    direct: Summary | None
     gateway: Summary
-    floor: Summary
+    floor: Summary | None
     gateway_rss: RssInfo
-    floor_rss: RssInfo
+    floor_rss: RssInfo | None
+    # url_s3_c4: the size of one stored image, fetched back from its URL (equal to the upstream's, decoded).
+    stored_bytes: int = 0
 
 
 RowsFn = Callable[["Scenario", Measured], list[Row]]
@@ -52,6 +62,8 @@ class Scenario:
     extra: dict[str, Any] = field(default_factory=dict)
     # An edit: (images, bytes each) uploaded as multipart to /v1/images/edits.
     upload: tuple[int, int] | None = None
+    # response_format url, stored in S3 (SeaweedFS) with presigned URLs: gateway only.
+    storage: bool = False
 
     @property
     def path(self) -> str:
@@ -59,6 +71,8 @@ class Scenario:
 
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"model": "bench", "prompt": "a pixelgate benchmark", "size": "1024x1024"}
+        if self.storage:
+            body["response_format"] = "url"
         if self.stream:
             body |= {"stream": True, "partial_images": self.partial_images}
         body["demo"] = {"created": 0, **self.demo}
@@ -89,7 +103,11 @@ def _mib(kib: int) -> float:
 
 def _row(sc: Scenario, m: Measured, metric: str, unit: str, pick: Callable[[Summary], float | None], **kw: Any) -> Row:
     """A row whose three columns are the same number taken from each run."""
-    return Row(sc.name, metric, unit, pick(m.direct), pick(m.gateway), floor=pick(m.floor), **kw)
+    return Row(sc.name, metric, unit, _or_none(pick, m.direct), pick(m.gateway), floor=_or_none(pick, m.floor), **kw)
+
+
+def _or_none(pick: Callable[[Summary], float | None], s: Summary | None) -> float | None:
+    return None if s is None else pick(s)
 
 
 def _latency(q: str) -> Callable[[Summary], float | None]:
@@ -111,6 +129,7 @@ def _mbps(s: Summary) -> float:
 def _rss_rows(sc: Scenario, m: Measured, target: Target | None) -> list[Row]:
     """The proxies' own memory (direct has no proxy): the gateway's, and the floor's for scale."""
     g, f = m.gateway_rss, m.floor_rss
+    assert f is not None
     note = "" if g.peak_reset and f.peak_reset else "lifetime peak (clear_refs failed)"
     return [
         Row(sc.name, "RSS before", "MiB", None, _mib(g.baseline_kib), compare="gateway",
@@ -156,7 +175,8 @@ def _stream_c4(sc: Scenario, m: Measured) -> list[Row]:
 
 
 def _edit_c4(sc: Scenario, m: Measured) -> list[Row]:
-    g = m.gateway_rss
+    g, f = m.gateway_rss, m.floor_rss
+    assert f is not None
     growth = _mib(max(0, g.peak_kib - g.baseline_kib))
     return [
         _row(sc, m, "throughput", "req/s", _rps, target=Target("ratio", 0.8, at_most=False, against="floor")),
@@ -165,7 +185,21 @@ def _edit_c4(sc: Scenario, m: Measured) -> list[Row]:
         _row(sc, m, "p50 latency", "ms", _latency("p50"), compare="added"),
         *_rss_rows(sc, m, None),
         Row(sc.name, "RSS growth over idle", "MiB", None, growth, compare="gateway",
-            target=Target("gateway", 64, at_most=True, unit="MiB"), floor=_mib(max(0, m.floor_rss.peak_kib - m.floor_rss.baseline_kib))),
+            target=Target("gateway", 64, at_most=True, unit="MiB"), floor=_mib(max(0, f.peak_kib - f.baseline_kib))),
+    ]
+
+
+def _url_s3_c4(sc: Scenario, m: Measured) -> list[Row]:
+    """Gateway only (direct and the floor cannot store): its throughput, and its memory over idle."""
+    g = m.gateway_rss
+    note = "" if g.peak_reset else "lifetime peak (clear_refs failed)"
+    return [
+        Row(sc.name, "throughput", "req/s", None, m.gateway.rps, compare="gateway", note="gateway only"),
+        Row(sc.name, "p50 latency", "ms", None, m.gateway.latency_ms["p50"], compare="gateway"),
+        Row(sc.name, "RSS before", "MiB", None, _mib(g.baseline_kib), compare="gateway"),
+        Row(sc.name, "peak RSS growth over idle", "MiB", None, _mib(max(0, g.peak_kib - g.baseline_kib)),
+            compare="gateway", target=Target("gateway", 64, at_most=True, unit="MiB"), note=note),
+        Row(sc.name, "stored image, fetched via URL (= upstream's)", "MB", None, m.stored_bytes / 1e6, compare="gateway"),
     ]
 
 
@@ -205,6 +239,12 @@ SCENARIOS: list[Scenario] = [
         "edit_c4",
         "edits, 16 input images of 4 MB each (multipart), 4 connections: uploads streamed through",
         {}, concurrency=4, requests=400, duration=10.0, warmup=4, rows=_edit_c4, upload=(16, 4_000_000),
+    ),
+    Scenario(
+        "url_s3_c4",
+        "20 MB images (26.7 MB of b64_json) as response_format url: decoded into S3 (SeaweedFS, multipart), "
+        "presigned URLs, 4 connections",
+        {"image_bytes": 26_700_000}, concurrency=4, requests=80, duration=8.0, warmup=4, rows=_url_s3_c4, storage=True,
     ),
     Scenario(
         "stream_ttfe",

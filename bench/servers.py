@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import signal
 import socket
@@ -28,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["BenchError", "ManagedProcess", "Servers", "child_preexec", "running_servers"]
+__all__ = ["BenchError", "ManagedProcess", "Servers", "child_preexec", "running_servers", "running_storage_gateway"]
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -60,6 +61,8 @@ class ManagedProcess:
     def __init__(self, name: str, argv: list[str], log_path: Path) -> None:
         self.name = name
         self.log_path = log_path
+        # The port it serves on, when the starter records it.
+        self.port = 0
         with log_path.open("wb") as log:
             self._proc = subprocess.Popen(
                 argv,
@@ -213,3 +216,31 @@ def running_servers(logs: Path) -> Iterator[Servers]:
                 proc.stop()
 
 
+
+
+@contextlib.contextmanager
+def running_storage_gateway(servers: Servers, storage: dict[str, object], logs: Path) -> Iterator[ManagedProcess]:
+    """A second gateway, like the first plus a ``storage`` section (``url_s3_c4``); stopped on exit.
+
+    A process of its own, so the first gateway's config (and memory) stay as
+    the other scenarios measure them, and this one's idle RSS is a fresh start.
+    """
+    config = servers.scratch / "gateway-storage.yaml"
+    # YAML is a superset of JSON: the section (with its keys) written as JSON needs no quoting rules.
+    config.write_text(
+        _CONFIG.format(host=HOST, port=servers.upstream_port, edits_port=servers.edits_port)
+        + f"storage: {json.dumps(storage)}\n"
+    )
+    port = free_port()
+    proc = _start(
+        "gateway-storage",
+        [*_pixelgate(), "serve", "--config", str(config), "--host", HOST, "--port", str(port)],
+        "/healthz",
+        port,
+        logs,
+    )
+    proc.port = port
+    try:
+        yield proc
+    finally:
+        proc.stop()
