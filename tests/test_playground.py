@@ -7,8 +7,10 @@ errors, for watching the upstream connection close, and for edits: it records
 the multipart form the gateway forwards (files byte for byte) and answers with
 the first image, its masked area filled. Playwright's sync API
 drives Debian's Chromium (``/usr/bin/chromium``; Playwright's own browser
-downloads are not used). The client's SSE parser has Node unit tests in
-``tests/js/``, run here too so ``make test`` covers them.
+downloads are not used). A second gateway has async jobs (SQLite) and local
+storage, for the playground's "Run as job" and "Return URLs" options. The
+browser client has Node unit tests in ``tests/js/`` (its jobs against a real
+gateway too), run here so ``make test`` covers them.
 
 Only a missing ``/usr/bin/chromium`` or ``node`` skips tests.
 """
@@ -271,6 +273,33 @@ def gateway_url(fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFa
         },
         "routing": {"backoff_base": 0.01, "backoff_max": 0.05},
     }
+    with _gateway(config, tmp) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def jobs_gateway_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A gateway with async jobs (SQLite) and URLs (local storage): the demo provider, and a slow one (60 s)."""
+    tmp = tmp_path_factory.mktemp("playground-jobs")
+    port = free_port()
+    config = {
+        "server": {"host": "127.0.0.1", "port": port, "playground": True, "shutdown_timeout": 1},
+        "providers": {
+            "demo": {"adapter": "demo", "options": {"latency_ms": 400, "interval_ms": 600}},
+            "slow": {"adapter": "demo", "options": {"latency_ms": 60_000}},
+        },
+        "models": {"demo-image": [{"provider": "demo"}], "slow-image": [{"provider": "slow"}]},
+        "storage": {"local": {"path": str(tmp / "images")}, "signing_keys": ["playground-key-0123456789abcdefghijklmnopqrstuvwxyz"]},
+        "jobs": {"path": str(tmp / "jobs.sqlite3"), "poll_interval": 0.2},
+    }
+    with _gateway(config, tmp) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _gateway(config: dict[str, Any], tmp: Path) -> Iterator[str]:
+    """`python -m pixelgate serve` with `config`, until the block ends; its base URL."""
+    port = config["server"]["port"]
     path = tmp / "pixelgate.yaml"
     path.write_text(json.dumps(config))  # JSON is YAML
     log = (tmp / "gateway.log").open("w")
@@ -310,6 +339,19 @@ def browser() -> Iterator[Any]:
 @pytest.fixture
 def page(browser: Any, gateway_url: str) -> Iterator[Any]:
     """The playground, loaded, with its model list in; fails the test on any uncaught page error."""
+    with _playground(browser, gateway_url) as page:
+        yield page
+
+
+@pytest.fixture
+def jobs_page(browser: Any, jobs_gateway_url: str) -> Iterator[Any]:
+    """The playground of the gateway with jobs and storage."""
+    with _playground(browser, jobs_gateway_url) as page:
+        yield page
+
+
+@contextlib.contextmanager
+def _playground(browser: Any, gateway_url: str) -> Iterator[Any]:
     from playwright.sync_api import expect
 
     context = browser.new_context(viewport={"width": 1280, "height": 860})
@@ -351,7 +393,9 @@ def test_browser_client_node_unit_tests() -> None:
     # Files named explicitly: Node >= 21 reads `--test` arguments as globs, not directories.
     files = sorted(str(path.relative_to(ROOT)) for path in (ROOT / "tests" / "js").glob("*.test.mjs"))
     assert len(files) >= 2, files
-    proc = subprocess.run([NODE, "--test", *files], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    # The jobs tests also run the real gateway, with this interpreter.
+    env = {**os.environ, "PIXELGATE_PYTHON": sys.executable}
+    proc = subprocess.run([NODE, "--test", *files], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     # The exit status says it all (the report format differs between Node versions).
     assert proc.returncode == 0, (proc.stdout[-6000:] + proc.stderr[-3000:])
 
@@ -716,3 +760,110 @@ def test_edit_inputs_are_checked_on_the_page(page: Any, fake_upstream: FakeUpstr
     page.get_by_role("radio", name="Generate").check()
     expect(page.locator("#edit-fields")).to_be_hidden()
     expect(page.get_by_role("button", name="Generate")).to_be_visible()
+
+
+@needs_chromium
+def test_a_job_with_urls_shows_its_status_then_the_image(jobs_page: Any, jobs_gateway_url: str) -> None:
+    from playwright.sync_api import expect
+
+    page = jobs_page
+    _configure(page, model="demo-image", size="256x256", partials=2)
+    page.get_by_label("Return URLs").check()
+    page.get_by_label("Run as job").check()
+    requests: list[Any] = []
+    page.on("request", lambda r: requests.append(r) if "/v1/images/" in r.url else None)
+    page.get_by_role("button", name="Generate").click()
+
+    job_id = page.locator("#job-id")
+    expect(job_id).to_have_text(re.compile(r"^imgjob_\w+$"))
+    job_status = page.locator("#job-status")
+    # The demo provider takes 400 ms, then sends partials 600 ms apart: the job is seen on its way,
+    # its partial images counted as they come, then completed.
+    expect(job_status).to_have_text(re.compile(r"^(queued|in progress)$"))
+    expect(page.get_by_role("status")).to_contain_text(f"Job {job_id.inner_text()}:")
+    expect(page.get_by_role("status")).to_contain_text(re.compile(r"in progress, [12] partial images? so far"))
+    expect(job_status).to_have_text("completed", timeout=15_000)
+    expect(page.get_by_role("status")).to_contain_text("Done: the image in")
+    expect(page.get_by_role("status")).to_contain_text(job_id.inner_text())
+
+    expect(page.locator("#images img[data-state='final']")).to_have_count(1)
+    [shown] = page.evaluate(_SHOWN)
+    assert shown["src"].startswith(jobs_gateway_url + "/files/"), shown["src"]
+    assert re.search(r"[?&]expires=\d+&sig=", shown["src"]), shown["src"]
+    assert (shown["width"], shown["height"]) == (256, 256)
+    with _page_png(page, shown["src"]) as image:
+        assert image.format == "PNG" and image.size == (256, 256)
+    expect(page.locator("#images figcaption")).to_contain_text("Image: final")
+    expect(page.locator("#t-partial")).to_have_text("–")
+    expect(page.get_by_role("button", name="Generate")).to_be_enabled()
+    expect(page.get_by_role("button", name="Cancel")).to_be_disabled()
+    expect(page.locator("#error")).to_be_empty()
+
+    # What was sent: one submission with Prefer: respond-async (URLs, no stream; partials for progress), then polls of the job.
+    submissions = [r for r in requests if r.method == "POST"]
+    assert len(submissions) == 1
+    assert submissions[0].url == jobs_gateway_url + "/v1/images/generations"
+    assert submissions[0].headers["prefer"] == "respond-async"
+    assert json.loads(submissions[0].post_data) == {
+        "prompt": page.get_by_label("Prompt").input_value(), "n": 1, "size": "256x256", "quality": "auto",
+        "partial_images": 2, "model": "demo-image", "response_format": "url",
+    }
+    polls = [r for r in requests if r.method == "GET"]
+    assert polls and all(r.url == f"{jobs_gateway_url}/v1/images/jobs/{job_id.inner_text()}" for r in polls)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "playground-job.png"), full_page=True)
+
+
+@needs_chromium
+def test_cancel_cancels_a_slow_job(jobs_page: Any, jobs_gateway_url: str) -> None:
+    from playwright.sync_api import expect
+
+    page = jobs_page
+    _configure(page, model="slow-image", size="256x256")
+    page.get_by_label("Run as job").check()
+    requests: list[Any] = []
+    page.on("request", lambda r: requests.append(r) if "/v1/images/jobs/" in r.url else None)
+    page.get_by_role("button", name="Generate").click()
+    job_status = page.locator("#job-status")
+    expect(job_status).to_have_text("in progress")
+    job_id = page.locator("#job-id").inner_text()
+    cancel = page.get_by_role("button", name="Cancel")
+    expect(cancel).to_be_enabled()
+    cancel.click()
+    expect(job_status).to_have_text("cancelled", timeout=10_000)
+    expect(page.get_by_role("status")).to_have_text("Cancelled.")
+    expect(page.locator("#error")).to_be_empty()
+    expect(page.locator("#images > li")).to_have_count(0)
+    expect(page.get_by_role("button", name="Generate")).to_be_enabled()
+    assert [r.url for r in requests if r.method == "DELETE"] == [f"{jobs_gateway_url}/v1/images/jobs/{job_id}"]
+    # The gateway says so too.
+    job = page.evaluate("async (url) => (await fetch(url)).json()", f"{jobs_gateway_url}/v1/images/jobs/{job_id}")
+    assert job["status"] == "cancelled", job
+
+
+@needs_chromium
+def test_return_urls_without_a_job_shows_the_stored_image(jobs_page: Any, jobs_gateway_url: str) -> None:
+    from playwright.sync_api import expect
+
+    page = jobs_page
+    _configure(page, model="demo-image", size="256x256", partials=2)
+    page.get_by_label("Return URLs").check()
+    # Not streamed: no partial images to ask for.
+    expect(page.get_by_label("Partial images")).to_be_disabled()
+    requests: list[Any] = []
+    page.on("request", lambda r: requests.append(r) if "/v1/images/" in r.url else None)
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#images img[data-state='final']")).to_have_count(1, timeout=15_000)
+    [shown] = page.evaluate(_SHOWN)
+    assert shown["src"].startswith(jobs_gateway_url + "/files/"), shown["src"]
+    assert (shown["width"], shown["height"]) == (256, 256)
+    expect(page.get_by_role("status")).to_contain_text("Done: the image in")
+    expect(page.locator("#job")).to_be_hidden()
+    [request] = requests
+    assert "prefer" not in request.headers
+    assert json.loads(request.post_data) == {
+        "prompt": page.get_by_label("Prompt").input_value(), "n": 1, "size": "256x256", "quality": "auto",
+        "model": "demo-image", "response_format": "url", "stream": False,
+    }
+    page.get_by_label("Return URLs").uncheck()
+    expect(page.get_by_label("Partial images")).to_be_enabled()

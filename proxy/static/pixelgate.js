@@ -30,6 +30,13 @@
  *     signal: abort.signal,
  *   })) img.src = imageDataUrl(ev.data);
  *
+ * Jobs (a gateway with a `jobs` section): `submitJob()` queues a generation
+ * or an edit and answers at once; `waitForJob()` polls it to its end.
+ *
+ *   const job = await submitJob({ body: { model: 'demo-image', prompt: 'a lighthouse', response_format: 'url' } });
+ *   const done = await waitForJob(job.id, { signal: abort.signal, onUpdate: (j) => show(j.status) });
+ *   if (done.status === 'completed') img.src = imageSrc(done.result.data[0]);  // a URL, or base64 as a data: URL
+ *
  * @module pixelgate
  */
 
@@ -176,9 +183,11 @@ export class SSEParser {
  * A failed request or stream, with the OpenAI error envelope's fields.
  *
  * `status` is the HTTP status for errors before the stream (null for errors
- * the stream reports, and for network failures); `code` is the envelope's
- * code, or one of this client's: `network_error`, `stream_truncated`,
- * `stream_incomplete`, `invalid_event`, `invalid_response`.
+ * the stream reports, and for network failures; for a failed job, the job's
+ * `error_status`: what the synchronous call would have answered); `code` is
+ * the envelope's code, or one of this client's: `network_error`,
+ * `stream_truncated`, `stream_incomplete`, `invalid_event`,
+ * `invalid_response`, `jobs_unsupported`.
  */
 export class PixelgateError extends Error {
   /**
@@ -189,9 +198,10 @@ export class PixelgateError extends Error {
    * @param {string | null} [info.type]
    * @param {string | null} [info.param]
    * @param {string | null} [info.requestId]  The gateway's `x-request-id`, for support.
+   * @param {Job | null} [info.job]  For a failed job: the job, as the gateway last answered it.
    * @param {unknown} [info.cause]
    */
-  constructor(message, { status = null, code = null, type = null, param = null, requestId = null, cause } = {}) {
+  constructor(message, { status = null, code = null, type = null, param = null, requestId = null, job = null, cause } = {}) {
     super(message, cause === undefined ? undefined : { cause });
     this.name = 'PixelgateError';
     this.status = status;
@@ -199,6 +209,7 @@ export class PixelgateError extends Error {
     this.type = type;
     this.param = param;
     this.requestId = requestId;
+    this.job = job;
   }
 }
 
@@ -208,6 +219,7 @@ export class PixelgateError extends Error {
  * @property {string} [type]           "image_generation.partial_image" or "image_generation.completed";
  *   "image_edit.partial_image" or "image_edit.completed" for edits.
  * @property {string} [b64_json]       The image, base64-encoded.
+ * @property {string} [url]            Instead of `b64_json`, for `response_format: "url"`: where to fetch it.
  * @property {number} [partial_image_index]
  * @property {string} [size]           "1024x1024", ...
  * @property {string} [quality]
@@ -295,7 +307,7 @@ export async function* editImages({ images, mask, body, signal, ...options }) {
     signal,
     method: 'POST',
     accept: 'text/event-stream',
-    body: editForm(images, mask, { ...body, stream: true }),
+    body: editForm(images, mask, { ...body, stream: true }, 'editImages'),
   });
   yield* imageEvents(response, signal);
 }
@@ -317,6 +329,167 @@ export async function generateImages({ body, ...options }) {
 }
 
 /**
+ * Edit images without streaming (`POST /v1/images/edits`, multipart, `stream`
+ * set to false): the files and fields as `editImages` sends them. Resolves to
+ * the ImagesResponse, as `generateImages` does.
+ * @param {CallOptions & {images: EditImages, mask?: Blob | null, body: object}} options
+ * @returns {Promise<{created: number, data: Array<{b64_json?: string, url?: string}>, [key: string]: any}>}
+ */
+export async function editImagesOnce({ images, mask, body, ...options }) {
+  const response = await request('images/edits', {
+    ...options,
+    method: 'POST',
+    accept: 'application/json',
+    body: editForm(images, mask, { ...body, stream: false }, 'editImagesOnce'),
+  });
+  return readJson(response, options.signal);
+}
+
+/**
+ * An async job, as `GET /v1/images/jobs/{id}` answers it.
+ * @typedef {object} Job
+ * @property {string} id             "imgjob_...".
+ * @property {'image.job'} object
+ * @property {JobStatus} status
+ * @property {'generation' | 'edit'} operation
+ * @property {string | null} model
+ * @property {number} created_at     Unix time; `started_at` and `finished_at` once they happen.
+ * @property {number} [started_at]
+ * @property {number} [finished_at]
+ * @property {boolean} [cancel_requested]  Cancelled, and not stopped yet.
+ * @property {number} [partial_images]  Progress of a job that asked for `partial_images`: those received so far.
+ * @property {{created?: number, data: ImageData[], usage?: object, [key: string]: any} | null} [result]
+ *   Completed: the ImagesResponse the synchronous call would have answered
+ *   (`data[i].url`, signed when the job was read, or `data[i].b64_json`); null once expired.
+ * @property {ErrorFields} [error]   Failed: the OpenAI error (also set, with `result: null`, when a result expired).
+ * @property {number} [error_status] Failed: the HTTP status the synchronous call would have answered.
+ */
+
+/**
+ * `queued` and `in_progress` are on the way; `completed`, `failed` and `cancelled` are final.
+ * @typedef {'queued' | 'in_progress' | 'completed' | 'failed' | 'cancelled'} JobStatus
+ */
+
+/** The states a job ends in. */
+export const FINAL_JOB_STATES = Object.freeze(['completed', 'failed', 'cancelled']);
+
+/**
+ * Submit a generation or an edit as an async job (`Prefer: respond-async`):
+ * the gateway checks the request as it would a synchronous one (its errors
+ * throw here, as `PixelgateError`s), queues it and answers `202` at once.
+ * Resolves to the job, `queued`; follow it with `waitForJob` or `getJob`.
+ *
+ * `body` is the request (`model`, `prompt`, `n`, `size`, `response_format`,
+ * ...); `stream` is dropped (a job never streams). An edit (`operation:
+ * "edit"`) sends `images` and `mask` as `editImages` does. Throws a
+ * `PixelgateError` with code `jobs_unsupported` when the server answered
+ * without a job (a gateway without a `jobs` section runs the request at once).
+ *
+ * @param {CallOptions & {operation?: 'generation' | 'edit', body: object, images?: EditImages, mask?: Blob | null}} options
+ * @returns {Promise<Job>}
+ */
+export async function submitJob({ operation = 'generation', body, images, mask, signal, ...options }) {
+  if (operation !== 'generation' && operation !== 'edit') {
+    throw new TypeError(`submitJob: \`operation\` is "generation" or "edit", not ${JSON.stringify(operation)}.`);
+  }
+  const { stream: _stream, ...fields } = /** @type {Record<string, unknown>} */ (body ?? {});
+  const edit = operation === 'edit';
+  const response = await request(edit ? 'images/edits' : 'images/generations', {
+    ...options,
+    signal,
+    method: 'POST',
+    accept: 'application/json',
+    headers: { Prefer: 'respond-async' },
+    body: edit ? editForm(images, mask, fields, 'submitJob') : JSON.stringify(fields),
+  });
+  const job = await readJson(response, signal);
+  if (!isJob(job)) {
+    // A server that ignored the preference: it ran the request and answered with its result.
+    throw new PixelgateError('The server answered without a job: it does not run async jobs (a gateway needs a `jobs` section).', {
+      status: response.status,
+      code: 'jobs_unsupported',
+      requestId: response.headers.get('x-request-id'),
+    });
+  }
+  return job;
+}
+
+/**
+ * A job as it stands (`GET /v1/images/jobs/{id}`). Another key's job, or one
+ * that expired, is a `PixelgateError` with status 404 (`job_not_found`).
+ * @param {string} id
+ * @param {CallOptions} [options]
+ * @returns {Promise<Job>}
+ */
+export async function getJob(id, options = {}) {
+  const response = await request(jobPath(id), { ...options, method: 'GET', accept: 'application/json' });
+  return readJson(response, options.signal);
+}
+
+/**
+ * Cancel a job (`DELETE /v1/images/jobs/{id}`): the job as it stands then.
+ * A queued job is `cancelled` at once; a running one may still be
+ * `in_progress`, with `cancel_requested`, until it stops (the provider's job
+ * is cancelled too where the provider can). A final job stays as it was.
+ * @param {string} id
+ * @param {CallOptions} [options]
+ * @returns {Promise<Job>}
+ */
+export async function cancelJob(id, options = {}) {
+  const response = await request(jobPath(id), { ...options, method: 'DELETE', accept: 'application/json' });
+  return readJson(response, options.signal);
+}
+
+/**
+ * Poll a job until it is final, and resolve to it: `completed` (with its
+ * `result`) or `cancelled`. A `failed` job throws a `PixelgateError` made from
+ * the job's `error` (its `status` the job's `error_status`, its `job` the job).
+ *
+ * Polls at once, then after `interval` ms, each wait 1.5 times the last, up to
+ * `maxInterval`. `onUpdate` is called with every job read (the first one
+ * included), so a page can show `queued` → `in_progress` → ... as it happens.
+ * Errors reading the job (HTTP, network) throw.
+ *
+ * When `signal` aborts, polling stops at once and the promise rejects with the
+ * signal's reason; with `cancelOnAbort: true` it sends `DELETE` for the job
+ * first (best effort: a failure to cancel is not reported). Without it the job
+ * runs on, and can be read later.
+ *
+ * @param {string | {id: string}} job  The job's id, or the job.
+ * @param {CallOptions & {interval?: number, maxInterval?: number, onUpdate?: (job: Job) => void, cancelOnAbort?: boolean}} [options]
+ * @returns {Promise<Job>}
+ */
+export async function waitForJob(job, { signal, interval = 500, maxInterval = 5000, onUpdate, cancelOnAbort = false, ...options } = {}) {
+  const id = typeof job === 'string' ? job : job?.id;
+  if (typeof id !== 'string' || !id) throw new TypeError('waitForJob needs a job id.');
+  let wait = Math.max(0, interval);
+  try {
+    for (;;) {
+      throwIfAborted(signal);
+      const current = await getJob(id, { ...options, signal });
+      onUpdate?.(current);
+      if (current.status === 'failed') throw jobError(current);
+      if (FINAL_JOB_STATES.includes(current.status)) return current;
+      await sleep(wait, signal);
+      wait = Math.min(Math.max(wait * 1.5, 1), Math.max(maxInterval, interval));
+    }
+  } catch (err) {
+    if (signal?.aborted && cancelOnAbort) await cancelJob(id, options).catch(() => {});
+    throw err;
+  }
+}
+
+/**
+ * The `src` for an `<img>` of a response item or an event: its `url` when the
+ * server gave one (`response_format: "url"`), else its base64 as a `data:` URL.
+ * @param {ImageData} item
+ * @returns {string}
+ */
+export function imageSrc(item) {
+  return typeof item.url === 'string' && item.url ? item.url : imageDataUrl(item);
+}
+
+/**
  * The model names the server offers (`GET /v1/models`).
  * @param {CallOptions} [options]
  * @returns {Promise<string[]>}
@@ -328,7 +501,8 @@ export async function listModels(options = {}) {
 }
 
 /**
- * A `data:` URL for an event's or a response item's image, for `<img src>`.
+ * A `data:` URL for an event's or a response item's base64 image, for
+ * `<img src>`. An item that may carry a `url` instead: `imageSrc`.
  * @param {ImageData} data
  * @returns {string}
  */
@@ -408,19 +582,20 @@ async function* imageEvents(response, signal) {
  * @param {EditImages} images
  * @param {Blob | null | undefined} mask
  * @param {Record<string, unknown>} fields
+ * @param {string} caller  The function named in errors.
  * @returns {FormData}
  */
-function editForm(images, mask, fields) {
+function editForm(images, mask, fields, caller) {
   const files = images instanceof Blob ? [images] : images != null && typeof images === 'object' && Symbol.iterator in images ? [...images] : null;
-  if (!files || files.length === 0) throw new TypeError('editImages needs `images`: at least one File or Blob.');
+  if (!files || files.length === 0) throw new TypeError(`${caller} needs \`images\`: at least one File or Blob.`);
   for (const [i, file] of files.entries()) {
-    if (!(file instanceof Blob)) throw new TypeError(`editImages: images[${i}] is not a File or Blob.`);
+    if (!(file instanceof Blob)) throw new TypeError(`${caller}: images[${i}] is not a File or Blob.`);
   }
-  if (mask != null && !(mask instanceof Blob)) throw new TypeError('editImages: `mask` is not a Blob.');
+  if (mask != null && !(mask instanceof Blob)) throw new TypeError(`${caller}: \`mask\` is not a Blob.`);
   const form = new FormData();
   for (const [name, value] of Object.entries(fields)) {
     if (value === null || value === undefined) continue;
-    if (typeof value === 'object') throw new TypeError(`editImages: \`${name}\` is an object; a form field takes text, a number or a boolean.`);
+    if (typeof value === 'object') throw new TypeError(`${caller}: \`${name}\` is an object; a form field takes text, a number or a boolean.`);
     form.append(name, String(value));
   }
   const field = files.length > 1 ? 'image[]' : 'image';
@@ -444,14 +619,15 @@ function fileName(blob, stem) {
 /**
  * Fetch `path` under `baseUrl`; resolve to the response if it is a 2xx.
  * @param {string} path
- * @param {CallOptions & {method: string, accept: string, body?: string | FormData}} options
+ * @param {CallOptions & {method: string, accept: string, headers?: Record<string, string>, body?: string | FormData}} options
  *   A string body is JSON; a FormData one gets fetch's multipart Content-Type, with its boundary.
+ *   `headers`: more request headers (`Prefer`).
  * @returns {Promise<Response>}
  */
-async function request(path, { baseUrl = '/v1', apiKey, signal, fetch: fetchImpl = globalThis.fetch, method, accept, body }) {
+async function request(path, { baseUrl = '/v1', apiKey, signal, fetch: fetchImpl = globalThis.fetch, method, accept, headers: extra, body }) {
   const url = `${String(baseUrl).replace(/\/+$/, '')}/${path}`;
   /** @type {Record<string, string>} */
-  const headers = { Accept: accept };
+  const headers = { ...extra, Accept: accept };
   if (typeof body === 'string') headers['Content-Type'] = 'application/json';
   if (apiKey && apiKey.trim()) headers.Authorization = `Bearer ${apiKey.trim()}`;
   let response;
@@ -567,6 +743,81 @@ function toImageEvent(name, data, image) {
   }
   if (kind === 'image_generation.completed' || kind === 'image_edit.completed') return { type: 'completed', image, data };
   return { type: 'other', name: kind, image, data };
+}
+
+/**
+ * A job's path under the API root.
+ * @param {string} id
+ * @returns {string}
+ */
+function jobPath(id) {
+  if (typeof id !== 'string' || !id) throw new TypeError('A job id is a non-empty string.');
+  return `images/jobs/${encodeURIComponent(id)}`;
+}
+
+/**
+ * True for a job object (what a 202 to `Prefer: respond-async` carries).
+ * @param {any} body
+ * @returns {body is Job}
+ */
+function isJob(body) {
+  return body !== null && typeof body === 'object' && body.object === 'image.job' && typeof body.id === 'string' && typeof body.status === 'string';
+}
+
+/**
+ * The error a failed job stands for, from its `error` (an envelope's `error` object).
+ * @param {Job} job
+ * @returns {PixelgateError}
+ */
+function jobError(job) {
+  const error = envelope({ error: job.error });
+  return new PixelgateError(error.message || `The job ${job.id} failed.`, {
+    status: typeof job.error_status === 'number' ? job.error_status : null,
+    code: error.code ?? null,
+    type: error.type ?? null,
+    param: error.param ?? null,
+    job,
+  });
+}
+
+/**
+ * Throw the signal's reason if it has aborted.
+ * @param {AbortSignal | undefined} signal
+ */
+function throwIfAborted(signal) {
+  if (signal?.aborted) throw abortReason(signal);
+}
+
+/**
+ * @param {AbortSignal} signal
+ * @returns {unknown}
+ */
+function abortReason(signal) {
+  return signal.reason ?? new DOMException('The operation was aborted.', 'AbortError');
+}
+
+/**
+ * Wait `ms`, or until `signal` aborts (then reject with its reason).
+ * @param {number} ms
+ * @param {AbortSignal | undefined} signal
+ * @returns {Promise<void>}
+ */
+function sleep(ms, signal) {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) {
+      reject(abortReason(signal));
+      return;
+    }
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(abortReason(/** @type {AbortSignal} */ (signal)));
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
 }
 
 /**

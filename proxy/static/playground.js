@@ -2,7 +2,11 @@
  * The playground page: one form that streams images through this gateway
  * with the browser client in pixelgate.js, in two modes: Generate
  * (`streamImages`) and Edit (`editImages`: input images, picked or dropped,
- * and an optional mask painted over the first one).
+ * and an optional mask painted over the first one). Two options change how:
+ * "Return URLs" asks for `response_format: "url"` (not streamed: the gateway
+ * stores the images and answers their signed URLs), and "Run as job" submits
+ * the request as an async job (`submitJob`), shows its id and status as
+ * `waitForJob` polls it, and shows its result; Cancel then cancels the job.
  *
  * All state lives in the one `Playground` instance, the API key included:
  * it is read from its field when a request starts and is never stored or
@@ -11,7 +15,9 @@
  * @module playground
  */
 
-import { PixelgateError, editImages, imageDataUrl, listModels, streamImages } from './pixelgate.js';
+import {
+  PixelgateError, cancelJob, editImages, editImagesOnce, generateImages, imageSrc, listModels, streamImages, submitJob, waitForJob,
+} from './pixelgate.js';
 
 /** The most input images an edit takes (OpenAI's limit, the gateway's too). */
 const MAX_INPUTS = 16;
@@ -110,7 +116,7 @@ class Slot {
   final(data, ms) {
     this.#show(data, 'final', `${this.name} for “${this.prompt}”`);
     delete this.img.dataset.partialIndex;
-    this.badge.textContent = '';
+    this.badge.textContent = data.url ? 'URL' : '';
     const tokens = data.usage && typeof data.usage === 'object' && 'total_tokens' in data.usage ? ` · ${data.usage.total_tokens} tokens` : '';
     this.caption.textContent = `${this.name}: final · ${seconds(ms)}${tokens}`;
     this.link.href = this.img.src;
@@ -142,7 +148,7 @@ class Slot {
    */
   #show(data, state, alt) {
     this.#resize(data.size);
-    this.img.src = imageDataUrl(data);
+    this.img.src = imageSrc(data);
     this.img.alt = alt;
     this.img.dataset.state = state;
     this.img.hidden = false;
@@ -428,10 +434,24 @@ class MaskPainter {
   }
 }
 
+/**
+ * An ImagesResponse (a non-streamed answer, or a job's result) as completed events, one per image.
+ * @param {{data?: import('./pixelgate.js').ImageData[], [key: string]: any}} response
+ * @returns {import('./pixelgate.js').CompletedEvent[]}
+ */
+function completedEvents({ data = [], ...meta }) {
+  return data.map((item, image) => ({ type: 'completed', image, data: { ...meta, ...item } }));
+}
+
+/** How the job states read on the page. */
+const JOB_WORDS = { queued: 'queued', in_progress: 'in progress', completed: 'completed', failed: 'failed', cancelled: 'cancelled' };
+
 /** The page controller: form, mode, model list, one run at a time. */
 class Playground {
   /** @type {AbortController | null} The running request's; null when idle. */
   #running = null;
+  /** @type {import('./pixelgate.js').Job | null} The running job, once submitted; null otherwise. */
+  #job = null;
 
   /**
    * @param {Document} doc
@@ -449,6 +469,11 @@ class Playground {
     /** @type {HTMLInputElement} */ this.n = $('n');
     /** @type {HTMLSelectElement} */ this.partials = $('partial-images');
     /** @type {HTMLInputElement} */ this.apiKey = $('api-key');
+    /** @type {HTMLInputElement} */ this.returnUrls = $('return-urls');
+    /** @type {HTMLInputElement} */ this.asJob = $('as-job');
+    /** @type {HTMLElement} */ this.jobBox = $('job');
+    /** @type {HTMLElement} */ this.jobId = $('job-id');
+    /** @type {HTMLElement} */ this.jobStatus = $('job-status');
     /** @type {HTMLButtonElement} */ this.submitButton = $('generate');
     /** @type {HTMLButtonElement} */ this.cancelButton = $('cancel');
     /** @type {HTMLElement} */ this.promptVerb = $('prompt-verb');
@@ -513,6 +538,13 @@ class Playground {
     });
     // The model list may need the key (once the gateway checks keys).
     this.apiKey.addEventListener('change', () => void this.loadModels());
+    // URLs come in one response, without partial images; a job's partial images are counted as its progress.
+    const unstreamed = () => {
+      this.partials.disabled = this.returnUrls.checked && !this.asJob.checked;
+    };
+    this.returnUrls.addEventListener('change', unstreamed);
+    this.asJob.addEventListener('change', unstreamed);
+    unstreamed();
   }
 
   /** Fill the model picker from GET /v1/models, keeping the current choice. */
@@ -530,13 +562,22 @@ class Playground {
     }
   }
 
-  /** Start a streamed generation with the form's values. */
+  /** Start a generation with the form's values: streamed, as one response (URLs) or as a job. */
   async generate() {
     const request = this.#request();
     if (!request) return;
     const { body } = request;
-    await this.#run(request, `Generating ${body.n > 1 ? `${body.n} images` : 'an image'}…`, (signal) =>
-      streamImages({ baseUrl: this.baseUrl, apiKey: this.apiKey.value, body, signal }));
+    const what = body.n > 1 ? `${body.n} images` : 'an image';
+    const call = { baseUrl: this.baseUrl, apiKey: this.apiKey.value };
+    if (this.asJob.checked) {
+      await this.#runJob(request, `Submitting a job for ${what}…`, (signal) => submitJob({ ...call, body, signal }));
+    } else if (this.returnUrls.checked) {
+      await this.#run(request, `Generating ${what}…`, async function* (signal) {
+        yield* completedEvents(await generateImages({ ...call, body: Playground.#unstreamed(body), signal }));
+      });
+    } else {
+      await this.#run(request, `Generating ${what}…`, (signal) => streamImages({ ...call, body, signal }));
+    }
   }
 
   /** Start a streamed edit of the input images, with the mask if one is painted. */
@@ -556,9 +597,29 @@ class Playground {
     const into = body.n > 1 ? ` into ${body.n} images` : '';
     const mask = this.mask;
     const options = { baseUrl: this.baseUrl, apiKey: this.apiKey.value, images: files, body };
-    await this.#run(request, `Editing ${what}${into}…`, async function* (signal) {
-      yield* editImages({ ...options, mask: masked ? await mask.maskBlob() : null, signal });
-    });
+    if (this.asJob.checked) {
+      await this.#runJob(request, `Submitting a job to edit ${what}${into}…`, async (signal) =>
+        submitJob({ ...options, operation: 'edit', body, mask: masked ? await mask.maskBlob() : null, signal }));
+    } else if (this.returnUrls.checked) {
+      const whole = Playground.#unstreamed(body);
+      await this.#run(request, `Editing ${what}${into}…`, async function* (signal) {
+        yield* completedEvents(await editImagesOnce({ ...options, body: whole, mask: masked ? await mask.maskBlob() : null, signal }));
+      });
+    } else {
+      await this.#run(request, `Editing ${what}${into}…`, async function* (signal) {
+        yield* editImages({ ...options, mask: masked ? await mask.maskBlob() : null, signal });
+      });
+    }
+  }
+
+  /**
+   * A body for a request that is not streamed (one response): no partial images.
+   * @template {{partial_images?: number}} T
+   * @param {T} body
+   * @returns {Omit<T, 'partial_images'>}
+   */
+  static #unstreamed({ partial_images: _partials, ...body }) {
+    return body;
   }
 
   /**
@@ -576,9 +637,10 @@ class Playground {
     const n = Math.min(10, Math.max(1, Math.round(Number(this.n.value)) || 1));
     const partials = Number(this.partials.value);
     const size = this.size.value;
-    /** @type {{prompt: string, n: number, size: string, quality: string, partial_images: number, model?: string}} */
+    /** @type {{prompt: string, n: number, size: string, quality: string, partial_images: number, model?: string, response_format?: string}} */
     const body = { prompt, n, size, quality: this.quality.value, partial_images: partials };
     if (this.model.value) body.model = this.model.value;
+    if (this.returnUrls.checked) body.response_format = 'url';
     return { prompt, size, partials, body };
   }
 
@@ -591,15 +653,8 @@ class Playground {
   async #run({ prompt, size, partials, body: { n } }, starting, stream) {
     if (this.#running) return;
     const abort = new AbortController();
-    this.#setRunning(abort);
-    this.#clearError();
-    this.firstPartial.textContent = '–';
-    this.finalTime.textContent = '–';
-    this.finalLabel.textContent = n > 1 ? `All ${n} images` : 'Final image';
-    /** @param {File} file */
-    const reuse = (file) => this.#reuse(file);
-    const slots = Array.from({ length: n }, (_, i) => new Slot(i, n, size, prompt, reuse));
-    this.images.replaceChildren(...slots.map((slot) => slot.item));
+    const { slots, slotFor } = this.#start(abort, n, size, prompt);
+    this.#hideJob();
     this.#say(starting);
 
     const started = performance.now();
@@ -609,12 +664,7 @@ class Playground {
       for await (const event of stream(abort.signal)) {
         const ms = performance.now() - started;
         if (event.type === 'other') continue;
-        // A server may send more images than asked for: give them slots too.
-        while (event.image >= slots.length) {
-          slots.push(new Slot(slots.length, slots.length + 1, size, prompt, reuse));
-          this.images.append(slots[slots.length - 1].item);
-        }
-        const slot = slots[event.image];
+        const slot = slotFor(event.image);
         if (event.type === 'partial') {
           slot.partial(event, partials, ms);
           if (!firstPartial) {
@@ -645,9 +695,139 @@ class Playground {
     }
   }
 
-  /** Abort the running request: the browser closes the connection, the gateway its upstream request. */
+  /**
+   * Start a run: the running state, cleared results, a slot per image.
+   * @param {AbortController} abort
+   * @param {number} n
+   * @param {string} size
+   * @param {string} prompt
+   */
+  #start(abort, n, size, prompt) {
+    this.#setRunning(abort);
+    this.#clearError();
+    this.firstPartial.textContent = '–';
+    this.finalTime.textContent = '–';
+    this.finalLabel.textContent = n > 1 ? `All ${n} images` : 'Final image';
+    /** @param {File} file */
+    const reuse = (file) => this.#reuse(file);
+    const slots = Array.from({ length: n }, (_, i) => new Slot(i, n, size, prompt, reuse));
+    this.images.replaceChildren(...slots.map((slot) => slot.item));
+    /**
+     * The slot of an image; a server may send more images than asked for: they get slots too.
+     * @param {number} image
+     */
+    const slotFor = (image) => {
+      while (image >= slots.length) {
+        slots.push(new Slot(slots.length, slots.length + 1, size, prompt, reuse));
+        this.images.append(slots[slots.length - 1].item);
+      }
+      return slots[image];
+    };
+    return { slots, slotFor };
+  }
+
+  /**
+   * Run one job: submit it, show its id and status as it is polled, then its images.
+   * @param {{prompt: string, size: string, body: {n: number}}} request
+   * @param {string} starting  The status while it is submitted.
+   * @param {(signal: AbortSignal) => Promise<import('./pixelgate.js').Job>} submit
+   */
+  async #runJob({ prompt, size, body: { n } }, starting, submit) {
+    if (this.#running) return;
+    const abort = new AbortController();
+    const { slots, slotFor } = this.#start(abort, n, size, prompt);
+    this.#hideJob();
+    this.#say(starting);
+    const started = performance.now();
+    try {
+      this.#showJob(await submit(abort.signal));
+      const id = /** @type {import('./pixelgate.js').Job} */ (this.#job).id;
+      const job = await waitForJob(id, {
+        baseUrl: this.baseUrl,
+        apiKey: this.apiKey.value,
+        signal: abort.signal,
+        interval: 250,
+        maxInterval: 2000,
+        cancelOnAbort: true,
+        onUpdate: (update) => this.#showJob(update),
+      });
+      const ms = performance.now() - started;
+      if (job.status === 'cancelled') {
+        for (const slot of slots) slot.stop('cancelled');
+        this.#say('Cancelled.');
+        return;
+      }
+      if (!job.result) {
+        // Completed, but read after its result expired.
+        throw new PixelgateError(job.error?.message || `The job ${job.id} has no result.`, { code: job.error?.code ?? null, job });
+      }
+      const events = completedEvents(job.result);
+      for (const event of events) slotFor(event.image).final(event.data, ms);
+      for (const slot of slots) slot.stop('failed');
+      this.finalTime.textContent = seconds(ms);
+      this.#say(`Done: ${events.length > 1 ? `${events.length} images` : 'the image'} in ${seconds(ms)} (job ${job.id}).`);
+    } catch (err) {
+      if (abort.signal.aborted) {
+        for (const slot of slots) slot.stop('cancelled');
+        this.#say('Cancelled.');
+      } else {
+        for (const slot of slots) slot.stop('failed');
+        this.#showError(err);
+        this.#say('Failed.');
+      }
+    } finally {
+      this.#job = null;
+      this.#setRunning(null);
+    }
+  }
+
+  /**
+   * Show a job's id and state as it was just read.
+   * @param {import('./pixelgate.js').Job} job
+   */
+  #showJob(job) {
+    this.#job = job;
+    this.jobBox.hidden = false;
+    this.jobId.textContent = job.id;
+    const word = JOB_WORDS[job.status] ?? job.status;
+    const running = job.status === 'queued' || job.status === 'in_progress';
+    const cancelling = Boolean(job.cancel_requested) && running;
+    this.jobStatus.textContent = cancelling ? `${word}, cancelling…` : word;
+    this.jobStatus.dataset.status = job.status;
+    // Progress: the partial images the provider has sent so far (the job keeps only the count).
+    const progress = job.status === 'in_progress' && job.partial_images ? `, ${plural(job.partial_images, 'partial image')} so far` : '';
+    if (running) this.#say(cancelling ? `Job ${job.id}: cancelling…` : `Job ${job.id}: ${word}${progress}…`);
+  }
+
+  #hideJob() {
+    this.jobBox.hidden = true;
+    this.jobId.textContent = '';
+    this.jobStatus.textContent = '';
+    delete this.jobStatus.dataset.status;
+  }
+
+  /**
+   * Cancel the run. A streamed request is aborted: the browser closes the
+   * connection, the gateway its upstream request. A submitted job is
+   * cancelled at the gateway (`DELETE`), and polled on until it says
+   * `cancelled` (or finished first); a job still being submitted is aborted.
+   */
   cancel() {
-    this.#running?.abort();
+    const job = this.#job;
+    if (!this.#running) return;
+    if (!job) {
+      this.#running.abort();
+      return;
+    }
+    this.#say(`Job ${job.id}: cancelling…`);
+    cancelJob(job.id, { baseUrl: this.baseUrl, apiKey: this.apiKey.value }).then(
+      (update) => {
+        if (this.#job?.id === update.id) this.#showJob(update);
+      },
+      (err) => {
+        if (this.#job?.id === job.id) this.#showError(err, 'Could not cancel the job');
+      },
+    );
   }
 
   /** @param {'generate' | 'edit'} mode */
