@@ -18,10 +18,12 @@ import yaml
 from msgspec import Meta
 
 from pixelgate.adapters import REGISTRY
+from pixelgate.core.errors import GatewayError
 from pixelgate.core.prices import Price
 from pixelgate.core.translator import ProviderSettings
 from pixelgate.proxy.access.config import AccessConfig, KeyConfig, check_access, plaintext_hint
 from pixelgate.proxy.jobs.config import JobsConfig, check_jobs
+from pixelgate.proxy.jobs.webhooks import check_webhook_url
 from pixelgate.proxy.storage.config import StorageConfig, check_storage
 
 __all__ = [
@@ -352,7 +354,23 @@ def _check(config: Config) -> Config:
         for i, deployment in enumerate(model.deployments):
             if deployment.provider not in config.providers:
                 raise ConfigError(f"models.{name}[{i}].provider: unknown provider {deployment.provider!r}")
+    _check_key_webhooks(config)
     return config
+
+
+def _check_key_webhooks(config: Config) -> None:
+    """A key's default webhook: only with jobs.webhooks, and only to a host they allow."""
+    hooks = config.jobs.webhooks if config.jobs is not None else None
+    for i, key in enumerate(config.access.keys):
+        if key.webhook_url is None:
+            continue
+        where = f"access.keys[{i}].webhook_url"
+        if hooks is None:
+            raise ConfigError(f"{where}: needs jobs.webhooks (the secrets that sign webhooks)")
+        try:
+            check_webhook_url(key.webhook_url, hooks)
+        except GatewayError as exc:
+            raise ConfigError(f"{where}: {exc.message}") from None
 
 
 def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:

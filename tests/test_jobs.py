@@ -22,6 +22,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from pixelgate.proxy.config import ConfigError, parse_config
 from tests.access_util import bearer, key_entry, new_key
 from tests.providers.common import PNG, gateway_for
 from tests.providers.stability import stability_app
@@ -323,3 +324,32 @@ async def test_a_streamed_job_ending_in_an_error_event_fails_with_it(aiohttp_ser
     assert done["status"] == "failed" and done["partial_images"] == 1
     assert done["error"]["code"] == "moderation_blocked" and "safety" in done["error"]["message"]
     assert [f for f in files_under(tmp_path / "images") if not f.endswith(".json")] == []
+
+
+async def test_a_keys_default_webhook_and_its_config_checks(aiohttp_server, tmp_path: Path) -> None:
+    received: list[dict[str, str]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append({k.lower(): v for k, v in request.headers.items()})
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    receiver = await aiohttp_server(app)
+    key = new_key()
+    webhooks = {"secrets": [WEBHOOK_SECRET], "allow_private_hosts": True}
+    config = jobs_config(tmp_path, webhooks=webhooks) | {
+        "access": {"keys": [key_entry("alice", key, webhook_url=str(receiver.make_url("/hook")))]}}
+    gw = await gateway_for(aiohttp_server, config)
+    async with aiohttp.ClientSession() as session:
+        _, _, job = await submit(session, gw, {"model": "demo-image", "prompt": "x", "size": "16x16"}, bearer(key))
+        await until_final(session, gw, job["id"], bearer(key))
+        await _until(lambda: len(received) == 1)
+    assert received[0]["webhook-id"] == job["id"]
+
+    with pytest.raises(ConfigError, match=r"access.keys\[0\].webhook_url: needs jobs.webhooks"):
+        parse_config(jobs_config(tmp_path) | {"access": {"keys": [key_entry("a", key, webhook_url="https://example.com/h")]}}, env={})
+    private = jobs_config(tmp_path, webhooks={"secrets": [WEBHOOK_SECRET]}) | {
+        "access": {"keys": [key_entry("a", key, webhook_url="https://10.0.0.1/h")]}}
+    with pytest.raises(ConfigError, match=r"access.keys\[0\].webhook_url: "):
+        parse_config(private, env={})

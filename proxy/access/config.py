@@ -56,6 +56,9 @@ class KeyConfig(msgspec.Struct, forbid_unknown_fields=True):
     # Browser origins allowed to use this key; None: `access.cors_origins`.
     cors_origins: list[Origin] | None = None
     revoked: bool = False
+    # Where this key's async jobs send their completion webhook (proxy.jobs), unless a
+    # submission names its own; checked like one (needs jobs.webhooks).
+    webhook_url: str | None = None
 
 
 class RedisConfig(msgspec.Struct, forbid_unknown_fields=True):

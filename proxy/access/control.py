@@ -63,6 +63,8 @@ class Client:
     limits: Limits
     # Normalised (cors.origin_set); None: the global list applies.
     origins: frozenset[str] | None
+    # The default completion webhook of its async jobs.
+    webhook_url: str | None = None
 
     def may_use(self, model: str) -> bool:
         return any(fnmatchcase(model, pattern) for pattern in self.models)
@@ -80,6 +82,7 @@ class AccessControl:
                     tuple(k.models),
                     k.limits if k.limits is not None else config.default_limits,
                     origin_set(k.cors_origins) if k.cors_origins is not None else None,
+                    k.webhook_url,
                 ),
                 k.revoked,
             )

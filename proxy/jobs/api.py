@@ -121,7 +121,7 @@ async def submit(
     req = msgspec.structs.replace(req, model=model)
     app[ACCESS].check_model(client, req)
     app[ROUTER].routes(req.model, req.provider)
-    webhook = request.headers.get(WEBHOOK_HEADER)
+    webhook = request.headers.get(WEBHOOK_HEADER) or (client.webhook_url if client is not None else None)
     if webhook is not None:
         hooks = runner.config.webhooks
         if hooks is None:
