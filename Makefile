@@ -34,13 +34,14 @@ run: $(VENV)/.runtime
 
 # Debian packages the tests use: a real Prometheus (and promtool), Chromium and a
 # font for the playground's browser tests, Node.js for the browser client's unit tests,
-# and redis-server for the shared-limits tests (each session starts its own).
-DEB_PACKAGES := prometheus chromium fonts-liberation nodejs redis-server
+# redis-server for the shared-limits tests and postgresql for the usage ledger's (each
+# session starts its own server or cluster).
+DEB_PACKAGES := prometheus chromium fonts-liberation nodejs redis-server postgresql
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 deb-packages:
 	@command -v promtool >/dev/null 2>&1 && [ -x /usr/bin/chromium ] && command -v node >/dev/null 2>&1 \
-	  && command -v redis-server >/dev/null 2>&1 \
+	  && command -v redis-server >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
 	  || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends $(DEB_PACKAGES); }
 
 # Lint and import order (ruff), types (mypy), the layers contract (import-linter).

@@ -185,6 +185,22 @@ class IdempotencyConfig(msgspec.Struct, forbid_unknown_fields=True):
     spool_dir: str | None = None
 
 
+class LedgerConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """The usage ledger (proxy.ledger): one row per finished request in a database."""
+
+    enabled: bool = True
+    # sqlite+aiosqlite:///path/ledger.sqlite3, or postgresql+asyncpg://user@host/db for
+    # replicas. Default: ledger.sqlite3 in the data directory ($PIXELGATE_DATA_DIR, else ./data).
+    url: str | None = None
+    # Where rows wait while the database is unreachable (default: the data directory).
+    spool_dir: str | None = None
+    # Rows are written in batches: at most this many, at least this often.
+    batch_rows: Annotated[int, Meta(ge=1, le=10_000)] = 500
+    flush_interval: Annotated[float, Meta(gt=0, le=60)] = 1.0
+    # Budgets start from the spend the ledger has recorded this period.
+    budgets_from_ledger: bool = True
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     providers: dict[str, ProviderConfig]
     models: dict[str, ModelConfig]
@@ -198,6 +214,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     storage: StorageConfig | None = None
     # Async jobs (proxy.jobs); off unless configured (they need `storage`).
     jobs: JobsConfig | None = None
+    ledger: LedgerConfig = msgspec.field(default_factory=LedgerConfig)
     # Idempotency-Key: a retry replays the first request's response (proxy.idempotency).
     idempotency: IdempotencyConfig = msgspec.field(default_factory=IdempotencyConfig)
 
@@ -263,6 +280,7 @@ class _Document(msgspec.Struct, forbid_unknown_fields=True):
     access: dict[str, Any] = {}
     storage: Any = None
     jobs: Any = None
+    ledger: LedgerConfig = msgspec.field(default_factory=LedgerConfig)
     idempotency: IdempotencyConfig = msgspec.field(default_factory=IdempotencyConfig)
 
 
@@ -281,7 +299,7 @@ def _decode(data: Any) -> Config:
     return Config(
         providers=providers, models=models, server=doc.server, routing=doc.routing, prices=prices,
         access=_decode_access(doc.access), storage=(storage := _decode_storage(doc.storage)),
-        jobs=_decode_jobs(doc.jobs, storage), idempotency=doc.idempotency,
+        jobs=_decode_jobs(doc.jobs, storage), idempotency=doc.idempotency, ledger=doc.ledger,
     )
 
 

@@ -8,7 +8,10 @@ exact-bytes checks and failure injection.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -22,6 +25,16 @@ from pixelgate.proxy.server import create_app
 from tests.procs import free_port
 from tests.redis_server import redis_prefix, redis_url  # noqa: F401  (fixtures)
 from tests.seaweedfs_server import s3_prefix, seaweedfs  # noqa: F401  (fixtures)
+
+# The gateway's data directory (the embedded usage ledger lives there): never the
+# repository's ./data. Gateways made by session- and module-wide fixtures share this
+# one; every test gets its own (below), which its subprocesses inherit.
+os.environ["PIXELGATE_DATA_DIR"] = tempfile.mkdtemp(prefix="pixelgate-test-data-")
+
+
+@pytest.fixture(autouse=True)
+def _data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIXELGATE_DATA_DIR", str(tmp_path / "data"))
 
 GatewayFactory = Callable[..., Awaitable[TestServer]]
 

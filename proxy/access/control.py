@@ -24,7 +24,7 @@ from pixelgate.core.request import ImageRequest
 from pixelgate.metrics import Metrics
 from pixelgate.proxy.access.config import AccessConfig, Limits
 from pixelgate.proxy.access.cors import CorsPolicy, origin_set
-from pixelgate.proxy.access.keys import AuthFailure, KeyTable, presented_key
+from pixelgate.proxy.access.keys import AuthFailure, KeyTable, parse_hash, presented_key
 from pixelgate.proxy.access.limits import (
     BackendUnavailable,
     Demand,
@@ -65,6 +65,8 @@ class Client:
     origins: frozenset[str] | None
     # The default completion webhook of its async jobs.
     webhook_url: str | None = None
+    # The key's public id (the part of the key before its secret): the ledger's key_id.
+    key_id: str | None = None
 
     def may_use(self, model: str) -> bool:
         return any(fnmatchcase(model, pattern) for pattern in self.models)
@@ -83,6 +85,7 @@ class AccessControl:
                     k.limits if k.limits is not None else config.default_limits,
                     origin_set(k.cors_origins) if k.cors_origins is not None else None,
                     k.webhook_url,
+                    parse_hash(k.hash).key_id,
                 ),
                 k.revoked,
             )

@@ -127,6 +127,11 @@ class LimitBackend(Protocol):
         """Correct the image count, release the stream slot, charge the cost."""
         ...
 
+    async def reconcile_spend(self, key: str, period: Period, spent_usd: float) -> None:
+        """At start: the key's spend this period is at least ``spent_usd`` (what the
+        usage ledger has recorded), so a restart loses no spend."""
+        ...
+
 
 def duration(seconds: float) -> str:
     """OpenAI's reset format: ``250ms``, ``12.5s``, ``1m0s``."""

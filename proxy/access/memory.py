@@ -11,7 +11,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from pixelgate.proxy.access.limits import WINDOW, Demand, Quota, Refused, Ticket
+from pixelgate.proxy.access.limits import WINDOW, Demand, Period, Quota, Refused, Ticket
 
 __all__ = ["MemoryBackend"]
 
@@ -52,6 +52,12 @@ class MemoryBackend:
 
     async def close(self) -> None:
         pass
+
+    async def reconcile_spend(self, key: str, period: Period, spent_usd: float) -> None:
+        state = self._keys.setdefault(key, _KeyState())
+        if state.period != period.id:
+            state.period, state.spent_usd = period.id, 0.0
+        state.spent_usd = max(state.spent_usd, spent_usd)
 
     async def admit(self, demand: Demand, ticket_id: str) -> Ticket | Refused:
         now = time.monotonic()

@@ -33,7 +33,16 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from pixelgate.proxy.access.config import RedisConfig
-from pixelgate.proxy.access.limits import WINDOW, BackendUnavailable, Demand, LimitName, Quota, Refused, Ticket
+from pixelgate.proxy.access.limits import (
+    WINDOW,
+    BackendUnavailable,
+    Demand,
+    LimitName,
+    Period,
+    Quota,
+    Refused,
+    Ticket,
+)
 from pixelgate.proxy.access.redis_client import connect
 
 __all__ = ["RedisBackend"]
@@ -118,6 +127,15 @@ end
 return {0, 0, req_count + 1, window, img_count + n, window}
 """
 
+# KEYS: spend. ARGV: micro-USD the ledger recorded, ttl ms. The counter only ever rises.
+_RECONCILE = """
+local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > spent then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+return 0
+"""
+
 _SETTLE = """
 -- KEYS: images log, stream leases, spend counter
 -- ARGV: ticket id, images admitted (0: not counted), images returned, release lease (1/0),
@@ -181,6 +199,7 @@ class RedisBackend:
         self._admit = self._client.register_script(_ADMIT)
         self._settle = self._client.register_script(_SETTLE)
         self._refresh = self._client.register_script(_REFRESH)
+        self._reconcile = self._client.register_script(_RECONCILE)
         # Stream leases this process holds, by key name (refreshed until settled).
         self._leases: dict[str, set[str]] = {}
         self._pending: set[asyncio.Future[Any]] = set()
@@ -214,6 +233,13 @@ class RedisBackend:
         if self._pending:
             await asyncio.wait(self._pending, timeout=self._timeout * 8)
         await self._client.aclose()
+
+    async def reconcile_spend(self, key: str, period: Period, spent_usd: float) -> None:
+        """Raise the shared counter to the ledger's figure (never lower it: replicas
+        may have charged requests the ledger has not flushed yet)."""
+        spend_key = self._key(key, f"spent:{period.id}")
+        ttl_ms = max(1, round((period.ends_at - time.time()) * 1000)) + 86_400_000
+        await self._call(self._reconcile(keys=[spend_key], args=[_micro(spent_usd), ttl_ms]))
 
     async def admit(self, demand: Demand, ticket_id: str) -> Ticket | Refused:
         limits, name = demand.limits, demand.key
