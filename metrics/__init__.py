@@ -84,6 +84,10 @@ WEBHOOK_RESULTS = frozenset({"delivered", "retried", "failed"})
 # What the image store was doing (pixelgate_storage_*): an image of a url answer, a job's result.
 STORAGE_KINDS = frozenset({"image", "result"})
 
+# What happened to usage-ledger rows (pixelgate_ledger_rows_total): written to the
+# database, spooled (it was unreachable), replayed from the spool, overflow (the queue was full: spooled).
+LEDGER_EVENTS = frozenset({"written", "spooled", "replayed", "overflow"})
+
 # Circuit breaker states as gauge values.
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 
@@ -208,6 +212,12 @@ class Metrics:
             "whether the first request was still running (in_progress, followed as it went) or done (completed).",
             ["endpoint", "state"],
         )
+        self.ledger = counter(
+            "pixelgate_ledger_rows",
+            "Usage-ledger rows by event: written (to the database), spooled (it was unreachable), replayed "
+            "(from the spool, once it was back), overflow (the queue was full; spooled).",
+            ["event"],
+        )
         self.job_events = counter(
             "pixelgate_job_events",
             "Async jobs by event: submitted, started, resumed (after its process died), completed, failed, cancelled.",
@@ -298,6 +308,9 @@ class Metrics:
 
     def idempotent_replay(self, endpoint: str, state: str) -> None:
         self._child(self.idempotent_replays, endpoint, state if state in REPLAY_STATES else OTHER).inc()
+
+    def ledger_rows(self, event: str, rows: int) -> None:
+        self._child(self.ledger, event if event in LEDGER_EVENTS else OTHER).inc(rows)
 
     def job_event(self, event: str) -> None:
         self._child(self.job_events, event if event in JOB_EVENTS else OTHER).inc()

@@ -20,8 +20,9 @@ from pixelgate.proxy.storage.base import Storage
 if TYPE_CHECKING:
     # The runner uses these keys itself (a runtime import would be circular).
     from pixelgate.proxy.jobs.runner import JobRunner  # noqa: F401
+    from pixelgate.proxy.ledger import LedgerStore, LedgerWriter  # noqa: F401
 
-__all__ = ["ACCESS", "BREAKERS", "CLIENT", "CONFIG", "IDEMPOTENCY", "JOBS", "METRICS", "REGISTRY", "RELAY_SETTINGS", "REQUEST_ID", "RESPONSE_HEADERS", "ROUTER", "STATE", "STORAGE"]
+__all__ = ["ACCESS", "BREAKERS", "CLIENT", "CONFIG", "IDEMPOTENCY", "JOBS", "LEDGER", "LEDGER_STORE", "METRICS", "REGISTRY", "RELAY_SETTINGS", "REQUEST_ID", "RESPONSE_HEADERS", "ROUTER", "STATE", "STORAGE"]
 
 
 ACCESS = web.AppKey("access", AccessControl)
@@ -31,6 +32,10 @@ CONFIG = web.AppKey("config", Config)
 IDEMPOTENCY = web.AppKey[IdempotencyStore]("idempotency")
 # Only when `jobs` is configured (proxy.jobs).
 JOBS = web.AppKey["JobRunner"]("jobs")
+# Only when `ledger.enabled` (proxy.accounting): the writer every request's row goes
+# through, and the store the admin API and budgets read.
+LEDGER = web.AppKey["LedgerWriter"]("ledger")
+LEDGER_STORE = web.AppKey["LedgerStore"]("ledger_store")
 METRICS = web.AppKey("metrics", Metrics)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 RELAY_SETTINGS = web.AppKey("relay_settings", RelaySettings)

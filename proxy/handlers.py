@@ -20,7 +20,7 @@ from pixelgate.core.translator import Translator
 from pixelgate.metrics import exposition
 from pixelgate.proxy.access.limits import Ticket, quota_headers
 from pixelgate.proxy.access.middleware import response_headers
-from pixelgate.proxy.access_log import log_request
+from pixelgate.proxy.accounting import record_request
 from pixelgate.proxy.app_keys import (
     ACCESS,
     BREAKERS,
@@ -303,8 +303,7 @@ async def _serve(request: web.Request, endpoint: str, operation: str, read: Read
         if admitted is not None and admitted.ticket is not None:
             # Images actually returned, the stream slot, the cost: after the last byte.
             await app[ACCESS].settle(admitted.ticket, record.images, record.cost_usd)
-        prompt = admitted.request.prompt if admitted is not None and app[CONFIG].server.log_prompts else None
-        log_request(record, prompt)
+        record_request(app, record, admitted.request.prompt if admitted is not None else None)
 
     async def run_then_end(settings: RelaySettings) -> web.StreamResponse:
         try:

@@ -27,6 +27,7 @@ from pixelgate.metrics import Metrics
 from pixelgate.proxy import handlers
 from pixelgate.proxy.access.control import AccessControl
 from pixelgate.proxy.access.middleware import access_middleware, add_response_headers, limit_backend
+from pixelgate.proxy.accounting import ledger_context
 from pixelgate.proxy.app_keys import (
     ACCESS,
     BREAKERS,
@@ -181,6 +182,8 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
     }
     # Before the upstreams: it is closed after them, once no request can settle.
     app.cleanup_ctx.append(limit_backend)
+    # The usage ledger: after the limits (it seeds their budgets), closed after every request.
+    app.cleanup_ctx.append(ledger_context)
     # Idempotency keys' store: also closed after the upstreams, once no request records.
     app.cleanup_ctx.append(idempotency_store)
     app.cleanup_ctx.append(_upstreams)

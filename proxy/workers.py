@@ -29,6 +29,9 @@ __all__ = ["supervise"]
 log = logging.getLogger("pixelgate.workers")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Each worker's slot (0..N-1), the same for the worker that replaces it: what is
+# its own on disk (the usage ledger's spool) outlives it and is picked up again.
+WORKER_ENV = "PIXELGATE_WORKER"
 
 
 def _metrics_dir() -> Path:
@@ -58,15 +61,16 @@ def supervise(worker_args: list[str], workers: int, grace: float) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     procs: dict[int, subprocess.Popen[bytes]] = {}
+    slots: dict[int, int] = {}
     deaths: list[float] = []
 
-    def start() -> None:
-        proc = subprocess.Popen(command, env=os.environ.copy())
-        procs[proc.pid] = proc
+    def start(slot: int) -> None:
+        proc = subprocess.Popen(command, env={**os.environ, WORKER_ENV: str(slot)})
+        procs[proc.pid], slots[proc.pid] = proc, slot
         log.info("worker %d started", proc.pid)
 
-    for _ in range(workers):
-        start()
+    for slot in range(workers):
+        start(slot)
     try:
         while not stopping:
             time.sleep(0.2)
@@ -74,6 +78,7 @@ def supervise(worker_args: list[str], workers: int, grace: float) -> int:
                 if proc.poll() is None:
                     continue
                 del procs[pid]
+                slot = slots.pop(pid)
                 multiprocess.mark_process_dead(pid)
                 if stopping:
                     break
@@ -83,7 +88,7 @@ def supervise(worker_args: list[str], workers: int, grace: float) -> int:
                 if len(deaths) > 3 * workers:
                     # Crash-looping (bad config, port taken): slow down, keep trying.
                     time.sleep(1)
-                start()
+                start(slot)
         log.info("stopping %d worker(s)", len(procs))
         for proc in procs.values():
             proc.send_signal(signal.SIGTERM)

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from pixelgate.core.errors import GatewayError
 from pixelgate.core.record import RequestRecord
-from pixelgate.proxy.access_log import log_request
+from pixelgate.proxy.accounting import record_request
 from pixelgate.proxy.app_keys import ACCESS, CLIENT, METRICS, REQUEST_ID, RESPONSE_HEADERS
 
 __all__ = ["access_middleware", "add_response_headers", "limit_backend", "response_headers"]
@@ -85,7 +85,7 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
                 error_type=err.error_type, duration_s=loop.time() - started,
             )
             request.app[METRICS].observe_request(record)
-            log_request(record)
+            record_request(request.app, record, None)
         raise
     if client is not None:
         request[CLIENT] = client

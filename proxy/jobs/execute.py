@@ -40,7 +40,7 @@ from pixelgate.core.request import (
 )
 from pixelgate.core.translator import Resumable, Resume, Translator
 from pixelgate.core.usage import Usage
-from pixelgate.proxy.access_log import log_request
+from pixelgate.proxy.accounting import record_request
 from pixelgate.proxy.app_keys import ACCESS, CONFIG, METRICS, RELAY_SETTINGS, ROUTER, STORAGE
 from pixelgate.proxy.attempts import Observer, edit_translator, exchanges, finish_record, generation_translator, note_error
 from pixelgate.proxy.dispatch import dispatch
@@ -205,7 +205,7 @@ async def run_job(
         finish_record(record, observer.outcome, started, loop.time(), None, metrics)
         if ticket is not None:
             await access.settle(ticket, record.images, record.cost_usd)
-        log_request(record, prompt if app[CONFIG].server.log_prompts else None)
+        record_request(app, record, prompt)
 
 
 def _resumed(job: Job, routes: list[Route], req: ImageGenerationRequest | ImageEditRequest) -> tuple[list[Route], Callable[[Route], Translator]]:
