@@ -9,6 +9,7 @@ exact-bytes checks and failure injection.
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ from aiohttp.test_utils import TestServer
 from pixelgate.proxy.config import parse_config
 from pixelgate.proxy.demo.server import create_demo_app
 from pixelgate.proxy.server import create_app
+from tests.postgres_server import PostgresProcess, postgres, postgres_url  # noqa: F401  (fixtures)
 from tests.procs import free_port
 from tests.redis_server import redis_prefix, redis_url  # noqa: F401  (fixtures)
 from tests.seaweedfs_server import s3_prefix, seaweedfs  # noqa: F401  (fixtures)
@@ -30,6 +32,12 @@ from tests.seaweedfs_server import s3_prefix, seaweedfs  # noqa: F401  (fixtures
 # repository's ./data. Gateways made by session- and module-wide fixtures share this
 # one; every test gets its own (below), which its subprocesses inherit.
 os.environ["PIXELGATE_DATA_DIR"] = tempfile.mkdtemp(prefix="pixelgate-test-data-")
+
+
+@pytest.fixture
+def postgres_database(postgres: PostgresProcess) -> str:  # noqa: F811
+    """A database of this test's own on the session's PostgreSQL cluster."""
+    return postgres.create_database(f"t_{secrets.token_hex(4)}")
 
 
 @pytest.fixture(autouse=True)

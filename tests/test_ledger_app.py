@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import secrets
 import sqlite3
 from fractions import Fraction
 from pathlib import Path
@@ -24,7 +23,6 @@ from aiohttp import web
 
 from pixelgate.proxy.app_keys import LEDGER_STORE
 from tests.access_util import bearer, key_entry, new_key
-from tests.postgres_server import PostgresProcess, postgres  # noqa: F401  (fixture)
 from tests.providers.common import gateway_for
 
 PRICE = {"input_text": 5.0, "input_image": 10.0, "output_image": 40.0, "per_image": 0.011}
@@ -93,12 +91,6 @@ async def _load(gw, key: str, limited: str) -> dict[str, int]:
         plan = ["ok"] * 12 + ["stream"] * 6 + ["failed"] * 5 + ["aborted"] * 4 + ["unauthorized"] * 3 + ["limited"] * 8
         await asyncio.gather(*(one(k) for k in plan))
     return seen
-
-
-@pytest.fixture
-def postgres_database(postgres: PostgresProcess) -> str:
-    """A database of this test's own on the session's PostgreSQL cluster."""
-    return postgres.create_database(f"t_{secrets.token_hex(4)}")
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
