@@ -86,7 +86,9 @@ STORAGE_KINDS = frozenset({"image", "result"})
 
 # What happened to usage-ledger rows (pixelgate_ledger_rows_total): written to the
 # database, spooled (it was unreachable), replayed from the spool, overflow (the queue was full: spooled).
-LEDGER_EVENTS = frozenset({"written", "spooled", "replayed", "overflow"})
+# rejected (the database refused the row: kept in <spool>.rejected), corrupt (a torn
+# spool line skipped at replay), lost (the spool itself could not be written at exit).
+LEDGER_EVENTS = frozenset({"written", "spooled", "replayed", "overflow", "rejected", "corrupt", "lost"})
 
 # Circuit breaker states as gauge values.
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
