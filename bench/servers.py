@@ -190,7 +190,11 @@ def running_servers(logs: Path) -> Iterator[Servers]:
             )
             started.append(edits)
             config = Path(tmp) / "gateway.yaml"
-            config.write_text(_CONFIG.format(host=HOST, port=up_port, edits_port=edits_port))
+            # The usage ledger (on by default) keeps its SQLite file in the run's scratch
+            # directory; BENCH_LEDGER=off measures the gateway without it.
+            os.environ["PIXELGATE_DATA_DIR"] = str(Path(tmp) / "data")
+            ledger = "" if os.environ.get("BENCH_LEDGER", "on") != "off" else "ledger: {enabled: false}\n"
+            config.write_text(_CONFIG.format(host=HOST, port=up_port, edits_port=edits_port) + ledger)
             gw_port = free_port()
             gateway = _start(
                 "gateway",

@@ -6,9 +6,11 @@ values, so that ``pixelgate.metrics`` needs nothing of the proxy's own types.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from pixelgate.core.prices import Price
 from pixelgate.core.usage import Usage
 
 __all__ = ["AttemptRecord", "RequestRecord"]
@@ -51,6 +53,14 @@ class RequestRecord:
     replayed: bool = False
     # The async job this request submitted, or whose run this is (proxy.jobs).
     job_id: str | None = None
+    # The price table when the request started: a config reload mid-request does not
+    # change what it costs (None: the current table).
+    prices: Mapping[str, Price] | None = None
+
+    def price(self, current: Mapping[str, Price]) -> Price | None:
+        """The price of this request's model, from the table it started under."""
+        table = self.prices if self.prices is not None else current
+        return table.get(self.model) if self.model is not None else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -252,8 +252,35 @@ class Metrics:
             "request), in_progress (the first was still running at the deadline), too_large, incomplete.",
             ["reason"],
         )
+        self.config_version = Gauge(
+            "pixelgate_config_info", "1 for the configuration this process runs, by its version (a hash of its text).",
+            ["version"], registry=registry, multiprocess_mode="max",
+        )
+        self.config_reloads = counter(
+            "pixelgate_config_reloads", "Configuration reloads (SIGHUP, POST /admin/reload), by result: ok, or error "
+            "(refused: the running configuration is kept).", ["result"],
+        )
+        self.config_reloaded_at = Gauge(
+            "pixelgate_config_last_reload_timestamp_seconds", "When the configuration was last (re)loaded, by result.",
+            ["result"], registry=registry, multiprocess_mode="max",
+        )
         for model in self._models:
             self.priced.labels(model).set(1 if model in self._prices else 0)
+
+    def reconfigure(self, models: Iterable[str], providers: Iterable[str], prices: Mapping[str, Price]) -> None:
+        """A reloaded configuration's label sets and prices (labels stay bounded by the config)."""
+        self._models, self._providers, self._prices = frozenset(models), frozenset(providers), dict(prices)
+        for model in self._models:
+            self.priced.labels(model).set(1 if model in self._prices else 0)
+
+    def config_loaded(self, version: str, previous: str | None, result: str) -> None:
+        """The configuration in use (``version``) after a load or reload that ended with ``result``."""
+        if result in ("ok", "error"):
+            self._child(self.config_reloads, result).inc()
+            self._child(self.config_reloaded_at, result).set_to_current_time()
+        if previous is not None and previous != version:
+            self.config_version.remove(previous)
+        self.config_version.labels(version).set(1)
 
     def _child(self, metric: MetricWrapperBase, *labels: str) -> Any:
         """``metric.labels(*labels)``, cached: labels() validates and locks on
@@ -270,6 +297,11 @@ class Metrics:
 
     def provider_label(self, name: str | None) -> str:
         return name if name in self._providers else OTHER
+
+    @property
+    def prices(self) -> Mapping[str, Price]:
+        """The price table (a reload replaces it, never changes it: a reference keeps its prices)."""
+        return self._prices
 
     def price(self, model: str | None) -> Price | None:
         return self._prices.get(model) if model is not None else None

@@ -49,7 +49,7 @@ def record_request(app: web.Application, record: RequestRecord, prompt: str | No
     if writer is None:
         return
     client = app[ACCESS].client_named(record.key) if record.key is not None else None
-    price = app[METRICS].price(record.model)
+    price = record.price(app[METRICS].prices)
     row = row_from_record(
         record, at=time.time(), key_id=client.key_id if client is not None else None, price=price,
         price_name=record.model if price is not None else None, prompt=kept,

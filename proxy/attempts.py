@@ -180,5 +180,5 @@ def finish_record(
         r.completed_s = outcome.completed_at - started if outcome.completed_at and r.status == 200 else None
         r.usage, r.images, r.partials = outcome.usage, outcome.images, outcome.partials
         r.bytes_out, r.keepalives = outcome.bytes_out, outcome.keepalives
-    r.cost_usd = cost_usd(metrics.price(r.model), r.usage, r.images)
+    r.cost_usd = cost_usd(r.price(metrics.prices), r.usage, r.images)
     metrics.observe_request(r)

@@ -255,6 +255,7 @@ async def _serve(request: web.Request, endpoint: str, operation: str, read: Read
     client = request.get(CLIENT)
     record = RequestRecord(request_id=request[REQUEST_ID], endpoint=endpoint, stream=False, operation=operation)
     record.key = client.name if client is not None else None
+    record.prices = metrics.prices
     observer = Observer(metrics, record)
     got: _Read | None = None
     admitted: _Admitted | None = None

@@ -57,14 +57,23 @@ class _Candidate:
 
 class Router:
     def __init__(self, config: Config, providers: dict[str, Provider], breakers: dict[tuple[str, int], Breaker]) -> None:
-        self._config = config
-        self._providers = providers
-        self._candidates = {
+        self.replace(config, providers, breakers)
+
+    def replace(self, config: Config, providers: dict[str, Provider], breakers: dict[tuple[str, int], Breaker]) -> None:
+        """Route by another configuration from now on (a reload). Requests already routed keep
+        the Routes they were given (their provider, adapter and breaker), so they finish as they began."""
+        candidates = {
             model: [
                 _Candidate(d, providers[d.provider], breakers[(model, i)]) for i, d in enumerate(entry.deployments)
             ]
             for model, entry in config.models.items()
         }
+        # Three plain assignments, no await between them: no request sees half of each.
+        self._config, self._providers, self._candidates = config, providers, candidates
+
+    @property
+    def providers(self) -> dict[str, Provider]:
+        return self._providers
 
     @property
     def public_models(self) -> list[str]:

@@ -144,6 +144,7 @@ async def run_job(
     started = loop.time()
     record = RequestRecord(request_id=job.request_id, endpoint="images.jobs", stream=False, operation=job.operation)
     record.key, record.job_id, record.idempotency_key = job.key, job.id, job.idempotency_key
+    record.prices = metrics.prices
     observer = Observer(metrics, record)
     ticket = None
     stored: list[StoringResponse] = []
