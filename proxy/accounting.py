@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,7 +26,8 @@ from pixelgate.core.record import RequestRecord
 from pixelgate.proxy.access.limits import Period, period_of
 from pixelgate.proxy.access_log import log_request
 from pixelgate.proxy.app_keys import ACCESS, CONFIG, LEDGER, LEDGER_STORE, METRICS
-from pixelgate.proxy.ledger import LedgerStore, LedgerUnavailable, LedgerWriter, row_from_record
+from pixelgate.proxy.ledger import LedgerStore, LedgerUnavailable, LedgerWriter, SpoolInUse, row_from_record
+from pixelgate.proxy.workers import WORKER_ENV
 
 __all__ = ["DATA_DIR_ENV", "data_dir", "ledger_context", "record_request"]
 
@@ -83,6 +84,30 @@ def _period_start(period: Period) -> float:
     return datetime.strptime(period.id, fmt).replace(tzinfo=UTC).timestamp()
 
 
+# Spool slots tried past a process's own before giving up (more gateways on one data directory).
+_SLOTS = 64
+
+
+async def _writer(
+    store: LedgerStore, spool_dir: Path, batch_rows: int, interval: float, on_event: Callable[[str, int], None]
+) -> LedgerWriter:
+    """A started writer on the first free spool slot, from the worker's own.
+
+    A spool is locked by its process: a worker that replaces another (same slot)
+    replays what the dead one left, and another gateway sharing the data
+    directory takes the next free slot instead of failing."""
+    first = int(os.environ.get(WORKER_ENV) or 0)
+    for slot in range(first, first + _SLOTS):
+        writer = LedgerWriter(store, spool_dir / f"ledger-spool-{slot}.jsonl", batch_rows=batch_rows, interval=interval,
+                              on_event=on_event)
+        try:
+            await writer.start()
+        except SpoolInUse:
+            continue
+        return writer
+    raise RuntimeError(f"ledger: every spool slot in {spool_dir} is in use ({_SLOTS} from {first})")
+
+
 async def ledger_context(app: web.Application) -> AsyncIterator[None]:
     """``cleanup_ctx``, right after the limits backend's: started before requests, closed after them."""
     config = app[CONFIG].ledger
@@ -93,10 +118,7 @@ async def ledger_context(app: web.Application) -> AsyncIterator[None]:
     store = LedgerStore(_url(app))
     spool_dir = Path(config.spool_dir) if config.spool_dir else data_dir()
     spool_dir.mkdir(parents=True, exist_ok=True)
-    # One spool per worker slot: a worker that replaces another replays its leftovers.
-    spool = spool_dir / f"ledger-spool-{os.environ.get('PIXELGATE_WORKER', '0')}.jsonl"
-    writer = LedgerWriter(store, spool, batch_rows=config.batch_rows, interval=config.flush_interval,
-                          on_event=metrics.ledger_rows)
+    writer = await _writer(store, spool_dir, config.batch_rows, config.flush_interval, metrics.ledger_rows)
     try:
         await store.start()
     except LedgerUnavailable as exc:
@@ -108,7 +130,6 @@ async def ledger_context(app: web.Application) -> AsyncIterator[None]:
                 await _reconcile_budgets(app, store)
             except LedgerUnavailable as exc:
                 log.warning("ledger: could not read the keys' spend to seed their budgets: %s", exc)
-    await writer.start()
     app[LEDGER], app[LEDGER_STORE] = writer, store
     try:
         yield

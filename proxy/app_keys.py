@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from pixelgate.metrics import Metrics
 from pixelgate.proxy.access.control import AccessControl, Client
+from pixelgate.proxy.admin.auth import AdminAuth
 from pixelgate.proxy.breaker import Breaker
 from pixelgate.proxy.config import Config
 from pixelgate.proxy.idempotency.store import Store as IdempotencyStore
@@ -22,10 +23,12 @@ if TYPE_CHECKING:
     from pixelgate.proxy.jobs.runner import JobRunner  # noqa: F401
     from pixelgate.proxy.ledger import LedgerStore, LedgerWriter  # noqa: F401
 
-__all__ = ["ACCESS", "BREAKERS", "CLIENT", "CONFIG", "IDEMPOTENCY", "JOBS", "LEDGER", "LEDGER_STORE", "METRICS", "REGISTRY", "RELAY_SETTINGS", "REQUEST_ID", "RESPONSE_HEADERS", "ROUTER", "STATE", "STORAGE"]
+__all__ = ["ACCESS", "ADMIN", "BREAKERS", "CLIENT", "CONFIG", "IDEMPOTENCY", "JOBS", "LEDGER", "LEDGER_STORE", "METRICS", "REGISTRY", "RELAY_SETTINGS", "REQUEST_ID", "RESPONSE_HEADERS", "ROUTER", "STATE", "STORAGE"]
 
 
 ACCESS = web.AppKey("access", AccessControl)
+# Only when `admin.keys` is configured (proxy.admin): who may call /admin/*.
+ADMIN = web.AppKey("admin", AdminAuth)
 BREAKERS = web.AppKey("breakers", dict[tuple[str, int], Breaker])
 CONFIG = web.AppKey("config", Config)
 # Only when `idempotency.enabled` (set up by proxy.idempotency.flow.idempotency_store).

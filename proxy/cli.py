@@ -1,4 +1,4 @@
-"""``pixelgate`` (= ``python -m pixelgate``): serve the gateway or the demo upstream."""
+"""``pixelgate`` (= ``python -m pixelgate``): serve the gateway or the demo upstream; manage keys and read usage."""
 
 from __future__ import annotations
 
@@ -29,12 +29,16 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=9090)
     demo.add_argument("--latency-ms", type=float, default=0.0, help="delay before each answer starts")
     demo.add_argument("--interval-ms", type=float, default=0.0, help="delay between streamed events")
-    keys = sub.add_parser("keys", help="gateway keys for access.keys")
+    keys = sub.add_parser("keys", help="gateway keys: hashes for access.keys, keys in the ledger database")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     hash_ = keys_sub.add_parser(
         "hash", help="print the config hash of a key read from stdin, or of a new key (--generate)"
     )
     hash_.add_argument("--generate", action="store_true", help="make a new random key and print it with its hash")
+    # Keys in the ledger database, and usage reports (proxy.admin.cli).
+    from pixelgate.proxy.admin.cli import add_commands
+
+    add_commands(keys_sub, sub)
     return parser
 
 
@@ -100,8 +104,12 @@ def _setup_logging() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "keys":
+    if args.command == "keys" and args.keys_command == "hash":
         return _keys_hash(args.generate)
+    if args.command in ("keys", "usage"):
+        from pixelgate.proxy.admin.cli import run as run_admin
+
+        return run_admin(args)
     _setup_logging()
     if args.command == "demo-upstream":
         from pixelgate.proxy.demo.server import run_demo

@@ -22,6 +22,7 @@ from pixelgate.core.errors import GatewayError
 from pixelgate.core.prices import Price
 from pixelgate.core.translator import ProviderSettings
 from pixelgate.proxy.access.config import AccessConfig, KeyConfig, check_access, plaintext_hint
+from pixelgate.proxy.admin.config import AdminConfig, check_admin
 from pixelgate.proxy.jobs.config import JobsConfig, check_jobs
 from pixelgate.proxy.jobs.webhooks import check_webhook_url
 from pixelgate.proxy.storage.config import StorageConfig, check_storage
@@ -217,6 +218,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     ledger: LedgerConfig = msgspec.field(default_factory=LedgerConfig)
     # Idempotency-Key: a retry replays the first request's response (proxy.idempotency).
     idempotency: IdempotencyConfig = msgspec.field(default_factory=IdempotencyConfig)
+    # Admin keys for /admin/* and the key poll interval (proxy.admin); no keys: the admin API is off.
+    admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
 
 
 class ConfigError(Exception):
@@ -282,6 +285,7 @@ class _Document(msgspec.Struct, forbid_unknown_fields=True):
     jobs: Any = None
     ledger: LedgerConfig = msgspec.field(default_factory=LedgerConfig)
     idempotency: IdempotencyConfig = msgspec.field(default_factory=IdempotencyConfig)
+    admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
 
 
 # A model is a list of deployments (priority order) or a ModelConfig.
@@ -296,10 +300,15 @@ def _decode(data: Any) -> Config:
         model = _convert(entry, _Model, f"models.{name}")
         models[name] = model if isinstance(model, ModelConfig) else ModelConfig(deployments=model)
     prices = {name: _convert(p, Price, f"prices.{name}") for name, p in doc.prices.items()}
+    access = _decode_access(doc.access)
+    try:
+        check_admin(doc.admin, access)
+    except ValueError as exc:
+        raise ConfigError(f"admin.{exc}") from None
     return Config(
         providers=providers, models=models, server=doc.server, routing=doc.routing, prices=prices,
-        access=_decode_access(doc.access), storage=(storage := _decode_storage(doc.storage)),
-        jobs=_decode_jobs(doc.jobs, storage), idempotency=doc.idempotency, ledger=doc.ledger,
+        access=access, storage=(storage := _decode_storage(doc.storage)),
+        jobs=_decode_jobs(doc.jobs, storage), idempotency=doc.idempotency, ledger=doc.ledger, admin=doc.admin,
     )
 
 

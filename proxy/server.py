@@ -28,8 +28,12 @@ from pixelgate.proxy import handlers
 from pixelgate.proxy.access.control import AccessControl
 from pixelgate.proxy.access.middleware import access_middleware, add_response_headers, limit_backend
 from pixelgate.proxy.accounting import ledger_context
+from pixelgate.proxy.admin import api as admin_api
+from pixelgate.proxy.admin.auth import AdminAuth
+from pixelgate.proxy.admin.poller import key_poller
 from pixelgate.proxy.app_keys import (
     ACCESS,
+    ADMIN,
     BREAKERS,
     CONFIG,
     METRICS,
@@ -167,7 +171,8 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
         registry, models=[m for m in config.models if m != WILDCARD], providers=config.providers, prices=config.prices
     )
     app[STATE] = GatewayState()
-    app[ACCESS] = AccessControl(config.access, app[METRICS])
+    # With the admin API on, keys come from the database too: no keys is not open mode.
+    app[ACCESS] = AccessControl(config.access, app[METRICS], managed=bool(config.admin.keys))
     app[RELAY_SETTINGS] = RelaySettings(
         max_event_bytes=config.server.max_event_bytes,
         keepalive_interval=config.server.keepalive_interval,
@@ -184,6 +189,8 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
     app.cleanup_ctx.append(limit_backend)
     # The usage ledger: after the limits (it seeds their budgets), closed after every request.
     app.cleanup_ctx.append(ledger_context)
+    # Gateway keys from the ledger database (admin API, CLI): loaded, then polled (proxy.admin.poller).
+    app.cleanup_ctx.append(key_poller)
     # Idempotency keys' store: also closed after the upstreams, once no request records.
     app.cleanup_ctx.append(idempotency_store)
     app.cleanup_ctx.append(_upstreams)
@@ -197,6 +204,19 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics)
+    # A gateway key's own usage (authenticated like every /v1/* request).
+    app.router.add_get("/v1/usage", admin_api.own_usage)
+    if config.admin.keys:
+        # The admin API (proxy.admin.api): admin keys only, checked by each handler.
+        app[ADMIN] = AdminAuth(config.admin)
+        app.router.add_post("/admin/keys", admin_api.create_key)
+        app.router.add_get("/admin/keys", admin_api.list_keys)
+        app.router.add_get("/admin/keys/{name}", admin_api.get_key)
+        app.router.add_patch("/admin/keys/{name}", admin_api.update_key)
+        app.router.add_post("/admin/keys/{name}/revoke", admin_api.revoke_key)
+        app.router.add_post("/admin/keys/{name}/rotate", admin_api.rotate_key)
+        app.router.add_get("/admin/usage", admin_api.usage)
+        app.router.add_get("/admin/audit", admin_api.audit)
     if config.storage is not None:
         # Stored images (proxy.storage): the store and its sweeper live with the app;
         # gateway-served URLs are outside /v1/ (the signature is the credential).

@@ -6,6 +6,15 @@ need the decoded body, and the outcome for the corrections and the charge).
 Every refusal is a ``GatewayError`` (401, 403, 429, 503), counted in the
 metrics by a bounded reason; key material never reaches a message, a log line
 or a label.
+
+Keys come from two places: the config (``access.keys``) and the ledger
+database (written by the admin API or the CLI), which ``apply_keys`` merges in
+as ``proxy.admin.poller`` reads them. A database key is added, replaced or
+revoked by its name; a config key wins over a database key of the same name
+(the database one is ignored, with a warning), so what the config file says
+always holds. With no key anywhere the gateway runs in open mode, unless the
+admin API is on (``managed``): keys are then expected from the database, and
+a gateway that has none yet refuses every request rather than admit anyone.
 """
 
 from __future__ import annotations
@@ -14,10 +23,13 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from pixelgate.core.errors import AuthenticationFailed, LimitsUnavailable, PermissionDenied, QuotaExceeded, RateLimited
 from pixelgate.core.request import ImageRequest
@@ -36,7 +48,10 @@ from pixelgate.proxy.access.limits import (
 )
 from pixelgate.proxy.access.memory import MemoryBackend
 
-__all__ = ["AccessControl", "Client"]
+if TYPE_CHECKING:
+    from pixelgate.proxy.ledger.keys import GatewayKey
+
+__all__ = ["AccessControl", "Client", "limits_from_db", "limits_to_db"]
 
 log = logging.getLogger("pixelgate.access_control")
 
@@ -72,11 +87,37 @@ class Client:
         return any(fnmatchcase(model, pattern) for pattern in self.models)
 
 
+_Entry = tuple[str, Client, bool]
+
+
+def limits_to_db(limits: Limits | None) -> dict[str, Any]:
+    """A key's limits as the database keeps them: ``{}`` for none of its own (``access.default_limits``)."""
+    return {} if limits is None else msgspec.to_builtins(limits)
+
+
+def limits_from_db(stored: Mapping[str, Any]) -> Limits | None:
+    """The inverse of ``limits_to_db``; raises msgspec.ValidationError on a stored value that is not Limits."""
+    return None if not stored else msgspec.convert(dict(stored), Limits)
+
+
 class AccessControl:
-    def __init__(self, config: AccessConfig, metrics: Metrics) -> None:
+    def __init__(self, config: AccessConfig, metrics: Metrics, *, managed: bool = False) -> None:
         self.config = config
         self._metrics = metrics
-        clients = [
+        self._managed = managed
+        self._take_config(config)
+        # Keys from the ledger database by name (apply_keys): the entry, its CORS origins as
+        # stored, and the version it was written at.
+        self._db: dict[str, tuple[_Entry, list[str] | None, int]] = {}
+        self._shadowed: set[str] = set()
+        self._rebuild()
+        # Replaced by the Redis backend at start-up when configured (see proxy.access.middleware).
+        self.backend: LimitBackend = MemoryBackend()
+        self._warned_at = -math.inf
+
+    def _take_config(self, config: AccessConfig) -> None:
+        self.config = config
+        self._config_entries: list[_Entry] = [
             (
                 k.hash,
                 Client(
@@ -91,18 +132,87 @@ class AccessControl:
             )
             for k in config.keys
         ]
-        self._table = KeyTable(clients)
+        self._config_names = frozenset(k.name for k in config.keys)
+        self._config_ids = frozenset(parse_hash(k.hash).key_id for k in config.keys)
+
+    def reconfigure(self, config: AccessConfig) -> None:
+        """A reloaded config's keys, limits and CORS, swapped in whole (no await): the
+        database's keys and the limits backend (its counters) stay as they are."""
+        self._take_config(config)
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        """The lookup structures from the config's and the database's keys, each swapped in
+        whole (no await here): a request sees the old table or the new one, never half of each."""
+        entries = self._config_entries + [entry for entry, _, _ in self._db.values()]
+        self._table = KeyTable(entries)
         # Who a job's key is when it runs (proxy.jobs): the live keys by name.
-        self._by_name = {client.name: client for _, client, revoked in clients if not revoked}
-        self.cors = CorsPolicy(config.cors_origins, (k.cors_origins for k in config.keys), config.cors_max_age)
-        # Replaced by the Redis backend at start-up when configured (see proxy.access.middleware).
-        self.backend: LimitBackend = MemoryBackend()
-        self._warned_at = -math.inf
+        self._by_name = {client.name: client for _, client, revoked in entries if not revoked}
+        # The preflight answers for the union of every key's origins, the database's too.
+        self.cors = CorsPolicy(
+            self.config.cors_origins,
+            [*(k.cors_origins for k in self.config.keys), *(origins for _, origins, _ in self._db.values())],
+            self.config.cors_max_age,
+        )
+
+    def apply_keys(self, keys: Iterable[GatewayKey]) -> list[str]:
+        """Merge keys read from the ledger database, oldest write first: each adds or replaces
+        the database key of its name (a revoked one stays in the table, refused as revoked).
+        A key with a config key's name (or id) is ignored: the config wins; so is a write older
+        than the one applied already (a poll that read before this process's own write).
+        Returns the names applied."""
+        applied: list[str] = []
+        for key in keys:
+            if (known := self._db.get(key.name)) is not None and known[2] >= key.version:
+                continue
+            if key.name in self._config_names or key.id in self._config_ids:
+                if key.name not in self._shadowed:
+                    self._shadowed.add(key.name)
+                    log.warning("access: the database key %r is ignored: the config has a key of that name or id", key.name)
+                continue
+            revoked = key.revoked
+            try:
+                limits = limits_from_db(key.limits)
+                if parse_hash(key.hash).key_id != key.id:
+                    raise ValueError("the hash is of another key id")
+            except (msgspec.ValidationError, ValueError):
+                # Unusable as stored: refused (as revoked) rather than admitted without its limits.
+                log.warning("access: the database key %r has an invalid hash or limits; it is refused", key.name)
+                limits, revoked = None, True
+            origins = key.cors_origins or None
+            client = Client(
+                key.name,
+                tuple(key.models) if key.models is not None else ("*",),
+                limits if limits is not None else self.config.default_limits,
+                origin_set(origins) if origins is not None else None,
+                key.webhook_url,
+                key.id,
+            )
+            # Another name with this id (not something the admin API writes, but possible in SQL): replaced.
+            for name, ((_, other, _), _, _) in list(self._db.items()):
+                if other.key_id == key.id and name != key.name:
+                    del self._db[name]
+            self._db[key.name] = ((key.hash, client, revoked), origins, key.version)
+            applied.append(key.name)
+        if applied:
+            self._rebuild()
+        return applied
+
+    def holds(self, key: str) -> bool:
+        """Whether ``key`` is a live gateway key (no metrics counted: for the admin API's refusals)."""
+        return isinstance(self._table.check(key), Client)
+
+    def is_config_key(self, name: str) -> bool:
+        return name in self._config_names
+
+    def config_clients(self) -> list[tuple[Client, bool]]:
+        """The config's keys as (client, revoked), for the admin API's listing."""
+        return [(client, revoked) for _, client, revoked in self._config_entries]
 
     @property
     def open(self) -> bool:
         """No keys configured: anyone may call, and no limits apply."""
-        return len(self._table) == 0
+        return len(self._table) == 0 and not self._managed
 
     def client_named(self, name: str) -> Client | None:
         """The key of that name, None if there is none (or it was revoked since)."""
