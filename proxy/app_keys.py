@@ -22,8 +22,9 @@ if TYPE_CHECKING:
     # The runner uses these keys itself (a runtime import would be circular).
     from pixelgate.proxy.jobs.runner import JobRunner  # noqa: F401
     from pixelgate.proxy.ledger import LedgerStore, LedgerWriter  # noqa: F401
+    from pixelgate.proxy.reload import Reloader  # noqa: F401
 
-__all__ = ["ACCESS", "ADMIN", "BREAKERS", "CLIENT", "CONFIG", "IDEMPOTENCY", "JOBS", "LEDGER", "LEDGER_STORE", "METRICS", "REGISTRY", "RELAY_SETTINGS", "REQUEST_ID", "RESPONSE_HEADERS", "ROUTER", "STATE", "STORAGE"]
+__all__ = ["ACCESS", "ADMIN", "BREAKERS", "CLIENT", "CONFIG", "IDEMPOTENCY", "JOBS", "LEDGER", "LEDGER_STORE", "METRICS", "REGISTRY", "RELAY_SETTINGS", "RELOADER", "REQUEST_ID", "RESPONSE_HEADERS", "ROUTER", "STATE", "STORAGE"]
 
 
 ACCESS = web.AppKey("access", AccessControl)
@@ -40,6 +41,8 @@ JOBS = web.AppKey["JobRunner"]("jobs")
 LEDGER = web.AppKey["LedgerWriter"]("ledger")
 LEDGER_STORE = web.AppKey["LedgerStore"]("ledger_store")
 METRICS = web.AppKey("metrics", Metrics)
+# Only when the app knows where its config came from (``pixelgate serve``): SIGHUP and POST /admin/reload.
+RELOADER = web.AppKey["Reloader"]("reloader")
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 RELAY_SETTINGS = web.AppKey("relay_settings", RelaySettings)
 ROUTER = web.AppKey("router", Router)

@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.reuse_port:
         log.info("%s", _describe(config, bool(args.config or os.environ.get("PIXELGATE_CONFIG"))))
-    run(config, reuse_port=args.reuse_port)
+    run(config, reuse_port=args.reuse_port, load=lambda: _config(args))
     return 0
 
 

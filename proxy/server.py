@@ -39,6 +39,7 @@ from pixelgate.proxy.app_keys import (
     METRICS,
     REGISTRY,
     RELAY_SETTINGS,
+    RELOADER,
     REQUEST_ID,
     ROUTER,
     STATE,
@@ -53,6 +54,7 @@ from pixelgate.proxy.jobs import api as jobs_api
 from pixelgate.proxy.jobs.app import jobs_context
 from pixelgate.proxy.loop import new_event_loop
 from pixelgate.proxy.relay import RelaySettings
+from pixelgate.proxy.reload import Reloader
 from pixelgate.proxy.routing import Provider, Router
 from pixelgate.proxy.state import GatewayState
 from pixelgate.proxy.storage.app import open_storage, storage_context
@@ -160,7 +162,10 @@ async def _drain(app: web.Application) -> None:
         await asyncio.wait(list(state.background), timeout=CANCEL_TIMEOUT + 1)
 
 
-def create_app(config: Config, registry: CollectorRegistry | None = None) -> web.Application:
+def create_app(
+    config: Config, registry: CollectorRegistry | None = None, load: Callable[[], Config] | None = None
+) -> web.Application:
+    """The gateway app; ``load`` reads the config again from where ``config`` came from (reload)."""
     # Each endpoint's own limit is enforced when its body is read (handlers._read_body).
     max_body = max([config.server.max_body_bytes, *config.server.endpoint_max_body_bytes.values()])
     app = web.Application(client_max_size=max_body, middlewares=[_request_context, access_middleware])
@@ -217,6 +222,7 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
         app.router.add_post("/admin/keys/{name}/rotate", admin_api.rotate_key)
         app.router.add_get("/admin/usage", admin_api.usage)
         app.router.add_get("/admin/audit", admin_api.audit)
+        app.router.add_post("/admin/reload", admin_api.reload_config)
     if config.storage is not None:
         # Stored images (proxy.storage): the store and its sweeper live with the app;
         # gateway-served URLs are outside /v1/ (the signature is the credential).
@@ -236,6 +242,8 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
         app.router.add_get("/", _playground)
         # Plain files, no build step; the browser client is an ES module.
         app.router.add_static("/static/", STATIC, append_version=False)
+    if load is not None:
+        app[RELOADER] = Reloader(app, load)
     return app
 
 
@@ -261,7 +269,7 @@ async def _playground(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
 
-async def serve(config: Config, reuse_port: bool = False) -> None:
+async def serve(config: Config, reuse_port: bool = False, load: Callable[[], Config] | None = None) -> None:
     """Serve until SIGINT/SIGTERM, then shut down gracefully.
 
     On the signal ``/readyz`` fails at once; the gateway keeps accepting for
@@ -269,7 +277,7 @@ async def serve(config: Config, reuse_port: bool = False) -> None:
     the listener, drains in-flight requests (see ``_drain``) and exits.
     """
     server = config.server
-    app = create_app(config)
+    app = create_app(config, load=load)
     access = config.access
     if reuse_port and access.backend == "memory" and any((k.limits or access.default_limits).enforced for k in access.keys):
         log.warning("access: limits are kept per worker with the in-process backend; use access.backend: redis with --workers")
@@ -289,6 +297,14 @@ async def serve(config: Config, reuse_port: bool = False) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if RELOADER in app:
+        reloader = app[RELOADER]
+
+        async def reload() -> None:
+            await reloader.reload()
+
+        # SIGHUP re-reads the config (the supervisor forwards it to every worker).
+        loop.add_signal_handler(signal.SIGHUP, lambda: app[STATE].spawn(reload()))
     try:
         site = web.TCPSite(runner, server.host, server.port, reuse_port=reuse_port or None)
         await site.start()
@@ -302,7 +318,7 @@ async def serve(config: Config, reuse_port: bool = False) -> None:
             await asyncio.sleep(server.drain_delay)
     finally:
         await runner.cleanup()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
 
 
@@ -321,8 +337,8 @@ def _raise_fd_limit() -> None:
             log.warning("could not raise the open-files limit from %d: %s", soft, exc)
 
 
-def run(config: Config, reuse_port: bool = False) -> None:
+def run(config: Config, reuse_port: bool = False, load: Callable[[], Config] | None = None) -> None:
     """``serve`` on uvloop when it is installed."""
     _raise_fd_limit()
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        runner.run(serve(config, reuse_port))
+        runner.run(serve(config, reuse_port, load))

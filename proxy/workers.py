@@ -60,6 +60,13 @@ def supervise(worker_args: list[str], workers: int, grace: float) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+
+    def reload(signum: int, frame: object) -> None:
+        # Each worker re-reads the config itself (see proxy.reload).
+        for proc in procs.values():
+            proc.send_signal(signal.SIGHUP)
+
+    signal.signal(signal.SIGHUP, reload)
     procs: dict[int, subprocess.Popen[bytes]] = {}
     slots: dict[int, int] = {}
     deaths: list[float] = []

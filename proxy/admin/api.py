@@ -32,7 +32,7 @@ from aiohttp import web
 from pixelgate.core.errors import GatewayError, InvalidRequest, PermissionDenied
 from pixelgate.proxy.admin.keys import CreateKey, KeyAdmin, KeyNotFound, UpdateKey, config_key_view, key_view, validation_error
 from pixelgate.proxy.admin.usage import UsageQuery, parse_query, report, to_csv
-from pixelgate.proxy.app_keys import ACCESS, ADMIN, CLIENT, CONFIG, LEDGER_STORE
+from pixelgate.proxy.app_keys import ACCESS, ADMIN, CLIENT, CONFIG, LEDGER_STORE, RELOADER
 from pixelgate.proxy.jobs.webhooks import check_webhook_url
 from pixelgate.proxy.ledger import LedgerStore, LedgerUnavailable
 
@@ -174,6 +174,21 @@ async def audit(request: web.Request, actor: str) -> web.Response:
         raise InvalidRequest("Invalid `limit`: an integer from 1 to 1000.", param="limit", code="invalid_value")
     entries = await _store(request).audit_log(limit)
     return _json({"object": "list", "data": [msgspec.to_builtins(e) for e in entries]})
+
+
+@_admin
+async def reload_config(request: web.Request, actor: str) -> web.Response:
+    """``POST /admin/reload``: this process re-reads its config (each replica and worker has
+    its own: send it to each, or SIGHUP the supervisor, which forwards it to its workers)."""
+    reloader = request.app.get(RELOADER)
+    if reloader is None:
+        raise InvalidRequest("This gateway was not started from a config file it can read again.",
+                             code="reload_unavailable", status=409)
+    result = await reloader.reload()
+    if request.app.get(LEDGER_STORE) is not None:
+        await _store(request).audit(actor, "config.reload", None, {"ok": result.ok, "version": result.version})
+    body = {"ok": result.ok, "version": result.version, "message": result.message}
+    return _json(body, status=200 if result.ok else 422)
 
 
 async def own_usage(request: web.Request) -> web.Response:
