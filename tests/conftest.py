@@ -12,7 +12,6 @@ import os
 import secrets
 import tempfile
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -41,8 +40,9 @@ def postgres_database(postgres: PostgresProcess) -> str:  # noqa: F811
 
 
 @pytest.fixture(autouse=True)
-def _data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PIXELGATE_DATA_DIR", str(tmp_path / "data"))
+def _data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Beside the test's tmp_path, not in it: tests check what their tmp_path holds.
+    monkeypatch.setenv("PIXELGATE_DATA_DIR", str(tmp_path_factory.mktemp("data")))
 
 GatewayFactory = Callable[..., Awaitable[TestServer]]
 

@@ -597,8 +597,11 @@ def test_kubernetes_config_and_shutdown_budget() -> None:
     """The ConfigMap's config loads, and the pod's grace period covers the gateway's drain."""
     m = _manifests()
     text = next(iter(m["ConfigMap"]["data"].values()))
-    config = parse_config(yaml.safe_load(text), env={"OPENAI_API_KEY": "sk-test"})
+    ledger_url = "postgresql+asyncpg://pixelgate@postgres/pixelgate"
+    config = parse_config(yaml.safe_load(text), env={"OPENAI_API_KEY": "sk-test", "PIXELGATE_LEDGER_URL": ledger_url})
     assert {p.adapter for p in config.providers.values()} == {"openai", "demo"}
+    # Replicas share one ledger: the URL comes from the Secret, like the provider key.
+    assert config.ledger.url == ledger_url
     assert config.providers["openai"].api_key == "sk-test"
     server = config.server
     assert server.drain_delay > 0
