@@ -17,6 +17,7 @@ a million rows drifts. A request without a price has cost ``None`` (and price
 
 from __future__ import annotations
 
+import functools
 import math
 from decimal import Decimal
 from fractions import Fraction
@@ -79,6 +80,7 @@ class LedgerRow(msgspec.Struct, frozen=True):
     prompt: str | None
 
 
+@functools.lru_cache(maxsize=1024)  # a config has a handful of prices; converting is most of a row's cost
 def _exact(usd: float) -> Fraction:
     """A configured price as the decimal it was written as.
 

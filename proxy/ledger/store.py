@@ -131,6 +131,7 @@ class LedgerStore:
         self._timeout = timeout
         self._pool_size = pool_size
         self._engine: AsyncEngine | None = None
+        self._insert_compiled: tuple[str, tuple[int, ...]] | None = None
         self._closed = False
         # One start at a time: a lazy start (_transaction) racing an explicit one would make two engines.
         self._starting = asyncio.Lock()
@@ -256,10 +257,26 @@ class LedgerStore:
         """All the rows in one transaction; a row whose request_id is there already is skipped."""
         if not rows:
             return
-        statement = self._insert(ledger).on_conflict_do_nothing(index_elements=[ledger.c.request_id])
-        params = [dict(zip(_COLUMNS, msgspec.structs.astuple(row), strict=True)) for row in rows]
         async with self._transaction() as conn:
-            await conn.execute(statement, params)
+            sql, order = self._insert_sql(conn)
+            # Tuples straight to the driver's executemany: SQLAlchemy's per-row parameter
+            # processing was about a third of a row's cost on the gateway's event loop.
+            params = [tuple(values[i] for i in order) for values in map(msgspec.structs.astuple, rows)]
+            await conn.exec_driver_sql(sql, params)
+
+    def _insert_sql(self, conn: AsyncConnection) -> tuple[str, tuple[int, ...]]:
+        """The ledger's INSERT ... ON CONFLICT DO NOTHING in the driver's own SQL, and which
+        field of a LedgerRow each positional parameter is; compiled once."""
+        if self._insert_compiled is None:
+            statement = (
+                self._insert(ledger)
+                .values({name: sa.bindparam(name) for name in _COLUMNS})
+                .on_conflict_do_nothing(index_elements=[ledger.c.request_id])
+            )
+            compiled = statement.compile(dialect=conn.dialect)
+            assert compiled.positiontup is not None
+            self._insert_compiled = (str(compiled), tuple(_COLUMNS.index(name) for name in compiled.positiontup))
+        return self._insert_compiled
 
     def _day(self) -> sa.ColumnElement[str]:
         """The UTC date of ``at``, as YYYY-MM-DD. The constants are SQL literals, not bound
