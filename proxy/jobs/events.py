@@ -20,19 +20,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import msgspec
-from aiohttp.abc import AbstractStreamWriter
-from aiohttp.web import BaseRequest
 
 from pixelgate.adapters.jsontap import Close, JsonTap, Open, Path
 from pixelgate.core.errors import GatewayError, StorageUnavailable, UpstreamProtocolError
-from pixelgate.proxy.detached import Detached
-from pixelgate.proxy.jobs.result import OBJECT_REF
+from pixelgate.proxy.jobs.result import OBJECT_REF, ResultResponse
 from pixelgate.proxy.storage.b64decode import Base64Error
-from pixelgate.proxy.storage.base import ObjectWriter, Storage, StorageError
+from pixelgate.proxy.storage.base import Storage, StorageError
 from pixelgate.proxy.storage.rehost import ImageSink
 
 __all__ = ["StreamEndedInError", "StreamResultResponse"]
@@ -83,14 +79,13 @@ class _Event:
         self.image: ImageSink | None = None
 
 
-class StreamResultResponse(Detached):
+class StreamResultResponse(ResultResponse):
+    """A ``ResultResponse`` whose body is built from the events written into it."""
+
     def __init__(self, storage: Storage, urls: bool, on_partial: Callable[[int], None], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._storage = storage
+        super().__init__(storage, **kwargs)
         self._urls = urls
         self._on_partial = on_partial
-        self._context: AbstractAsyncContextManager[ObjectWriter] | None = None
-        self._writer: ObjectWriter | None = None
         # SSE line state: the field being read (None at a line's start), its name so far.
         self._field: bytes | None = None
         self._name = bytearray()
@@ -106,15 +101,6 @@ class StreamResultResponse(Detached):
         self._stored: list[str] = []
         # The provider's `event: error`, if it ended the stream with one.
         self.error: GatewayError | None = None
-        self.object_id: str | None = None
-        self.size = 0
-
-    @property
-    def prepared(self) -> bool:
-        return self.object_id is not None
-
-    async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
-        raise TypeError("a job's result has no client request")
 
     async def start(self) -> None:
         """Nothing yet: the result is opened by its first image (keep-alives may come long before)."""
@@ -132,27 +118,19 @@ class StreamResultResponse(Detached):
             return
         if data:
             await self.write(data)
-        if not self.images or self._writer is None or self._context is None:
+        if not self.images or self._writer is None:
             raise UpstreamProtocolError("the provider's stream ended before any completed image")
         tail: dict[str, Any] = {"created": self._created or 0, **self._fields}
         if self._usage:
             tail["usage"] = self._usage
-        try:
-            await self._writer.write(b"]," + msgspec.json.encode(tail)[1:])
-            context, self._context = self._context, None
-            await context.__aexit__(None, None, None)
-        except StorageError as exc:
-            raise StorageUnavailable(f"The image store failed while storing the job's result: {exc}") from None
-        self.object_id, self.size = self._writer.id, self._writer.size
+        await self._write(b"]," + msgspec.json.encode(tail)[1:])
+        await self._commit()
 
     async def discard(self) -> None:
         """Remove what a result that will not be used wrote."""
         if self._event.image is not None:
             await self._event.image.abort()
-        if self._context is not None:
-            context, self._context = self._context, None
-            err = StorageError("abandoned")
-            await context.__aexit__(type(err), err, None)
+        await super().discard()
         for object_id in self._stored:
             with contextlib.suppress(StorageError):  # else the sweeper removes it at its retention
                 await self._storage.delete(object_id)
@@ -213,24 +191,25 @@ class StreamResultResponse(Detached):
                     await self._image_bytes(piece)
         # Comments (`: keep-alive`), `id:`, `retry:`: nothing to keep.
 
+    async def _write(self, data: bytes) -> None:
+        """Bytes of the result body (its writer opened by the first)."""
+        await (await self._opened()).write(data)
+
     async def _open_image(self) -> None:
         if self._writer is None:
-            self._context = self._storage.writer("application/json")
-            self._writer = await self._context.__aenter__()
-            await self._writer.write(b'{"data":[')
+            await self._write(b'{"data":[')
         elif self.images:
-            await self._writer.write(b",")
+            await self._write(b",")
         if self._urls:
             self._event.image = ImageSink()
         else:
-            await self._writer.write(b'{"b64_json":"')
+            await self._write(b'{"b64_json":"')
 
     async def _image_bytes(self, piece: bytes) -> None:
         if self._event.image is not None:
             await self._event.image.feed(self._storage, piece)
         else:
-            assert self._writer is not None
-            await self._writer.write(piece)
+            await self._write(piece)
 
     async def _end_event(self) -> None:
         event, self._event = self._event, _Event()
@@ -256,7 +235,6 @@ class StreamResultResponse(Detached):
             return
         if not event.completed or self._writer is None:
             return
-        assert self._writer is not None
         item: dict[str, Any] = {}
         if event.image is not None:
             object_id = await event.image.close(self._storage)
@@ -266,9 +244,9 @@ class StreamResultResponse(Detached):
             item["revised_prompt"] = fields["revised_prompt"]
         closing = msgspec.json.encode(item)
         if event.image is not None:
-            await self._writer.write(closing)
+            await self._write(closing)
         else:
-            await self._writer.write(b'"' + (b"," + closing[1:] if item else b"}"))
+            await self._write(b'"' + (b"," + closing[1:] if item else b"}"))
         self.images += 1
         if isinstance(fields.get("usage"), dict):
             self._usage = _sum(self._usage, fields["usage"])

@@ -16,7 +16,6 @@ handed out hours after the run is as fresh as one handed out at once.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
 import msgspec
@@ -40,10 +39,12 @@ async def object_ref(object_id: str) -> str:
 
 
 class ResultResponse(Detached):
+    """The response body, as it comes, into one stored object (``proxy.jobs.events``
+    writes a stream's result through the same object)."""
+
     def __init__(self, storage: Storage, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._storage = storage
-        self._context: AbstractAsyncContextManager[ObjectWriter] | None = None
         self._writer: ObjectWriter | None = None
         # Set once the body is whole and stored.
         self.object_id: str | None = None
@@ -57,32 +58,32 @@ class ResultResponse(Detached):
         raise TypeError("a job's result has no client request")
 
     async def start(self) -> None:
-        if self._writer is None:
-            self._context = self._storage.writer("application/json")
-            self._writer = await _storing(self._context.__aenter__())
+        await self._opened()
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
-        assert self._writer is not None
-        await _storing(self._writer.write(bytes(data)))
+        await _storing((await self._opened()).write(bytes(data)))
 
     async def write_eof(self, data: bytes = b"") -> None:
         if self.object_id is not None:
             return
-        await self.start()
         if data:
             await self.write(data)
-        assert self._context is not None and self._writer is not None
-        context, self._context = self._context, None
-        await _storing(context.__aexit__(None, None, None))
-        self.object_id = self._writer.id
-        self.size = self._writer.size
+        await self._commit()
 
     async def discard(self) -> None:
         """Remove a half-written result (a failed attempt)."""
-        if self._context is not None:
-            context, self._context = self._context, None
-            err = StorageError("abandoned")
-            await context.__aexit__(type(err), err, None)
+        if self._writer is not None:
+            await self._writer.abort()
+
+    async def _opened(self) -> ObjectWriter:
+        """The result's writer, opened by the first call."""
+        if self._writer is None:
+            self._writer = await _storing(self._storage.open_writer("application/json"))
+        return self._writer
+
+    async def _commit(self) -> None:
+        stored = await _storing((await self._opened()).commit())
+        self.object_id, self.size = stored.id, stored.size
 
 
 async def _storing(work: Awaitable[_T]) -> _T:

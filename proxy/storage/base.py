@@ -9,7 +9,9 @@ refused from its id alone, before any I/O.
 A write goes to a backend's ``Sink`` chunk by chunk; the writer counts the
 bytes and hashes them as they pass. The object exists only once the
 ``async with`` block ends without an exception; on any failure (in the block,
-or in the store) the sink is aborted and nothing is left behind.
+or in the store) the sink is aborted and nothing is left behind. A write that
+spans calls (a response body written piece by piece) holds the writer from
+``open_writer`` and ends it itself with ``commit`` or ``abort``.
 """
 
 from __future__ import annotations
@@ -108,7 +110,7 @@ class Sink(Protocol):
 class ObjectWriter:
     """``async with storage.writer(content_type) as w: await w.write(chunk)``; then ``w.object``."""
 
-    __slots__ = ("_created", "_hash", "_limit", "_object", "_sink", "_ttl", "content_type", "id", "size")
+    __slots__ = ("_created", "_ended", "_hash", "_limit", "_object", "_sink", "_ttl", "content_type", "id", "size")
 
     def __init__(self, sink: Sink, object_id: str, content_type: str, created: float, ttl: float, limit: int) -> None:
         self._sink = sink
@@ -117,6 +119,7 @@ class ObjectWriter:
         self._ttl = ttl
         self._limit = limit
         self._object: StoredObject | None = None
+        self._ended = False
         self.id = object_id
         self.content_type = content_type
         self.size = 0
@@ -145,10 +148,25 @@ class ObjectWriter:
             created_at=self._created, expires_at=self._created + self._ttl,
         )
 
-    async def _commit(self) -> None:
-        record = self._record()
-        await self._sink.commit(record)
+    async def commit(self) -> StoredObject:
+        """Make the object visible; on a failure, nothing is left behind."""
+        if self._object is not None:
+            return self._object
+        self._ended = True
+        try:
+            record = self._record()
+            await self._sink.commit(record)
+        except BaseException:
+            await self._sink.abort()
+            raise
         self._object = record
+        return record
+
+    async def abort(self) -> None:
+        """Remove what was written (nothing happens once it is committed or aborted)."""
+        if not self._ended:
+            self._ended = True
+            await self._sink.abort()
 
 
 class Storage(abc.ABC):
@@ -194,21 +212,25 @@ class Storage(abc.ABC):
 
     # Shared.
 
-    @asynccontextmanager
-    async def writer(self, content_type: str) -> AsyncIterator[ObjectWriter]:
-        """Stream one object into the store; see the module docstring."""
+    async def open_writer(self, content_type: str) -> ObjectWriter:
+        """A writer for one object, ended by its ``commit`` or ``abort`` (see ``writer``)."""
         if not _CONTENT_TYPE.fullmatch(content_type):
             raise ValueError(f"not a plain content type: {content_type!r}")
         now = self.clock()
         object_id = new_object_id(now)
         sink = await self._sink(object_id, content_type)
-        w = ObjectWriter(sink, object_id, content_type, now, self.config.ttl, self.config.max_object_bytes)
+        return ObjectWriter(sink, object_id, content_type, now, self.config.ttl, self.config.max_object_bytes)
+
+    @asynccontextmanager
+    async def writer(self, content_type: str) -> AsyncIterator[ObjectWriter]:
+        """Stream one object into the store; see the module docstring."""
+        w = await self.open_writer(content_type)
         try:
             yield w
-            await w._commit()
+            await w.commit()
         except BaseException:
             # Also on cancellation: a half-written object never stays.
-            await sink.abort()
+            await w.abort()
             raise
 
     def expired(self, object_id: str, now: float | None = None) -> bool:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import msgspec
@@ -59,12 +58,11 @@ def _content_type(head: bytes) -> str:
 class ImageSink:
     """One ``b64_json`` string on its way into the store."""
 
-    __slots__ = ("_context", "_decoder", "_head", "writer")
+    __slots__ = ("_decoder", "_head", "writer")
 
     def __init__(self) -> None:
         self._decoder = Base64ToBytes(json_escapes=True)
         self._head = b""
-        self._context: AbstractAsyncContextManager[ObjectWriter] | None = None
         self.writer: ObjectWriter | None = None
 
     async def feed(self, storage: Storage, data: bytes) -> None:
@@ -73,16 +71,12 @@ class ImageSink:
     async def close(self, storage: Storage) -> str:
         """Commit the image; its object id."""
         await self._put(storage, self._decoder.finish(), last=True)
-        assert self._context is not None and self.writer is not None
-        context, self._context = self._context, None
-        await context.__aexit__(None, None, None)
-        return self.writer.id
+        assert self.writer is not None
+        return (await self.writer.commit()).id
 
     async def abort(self) -> None:
-        if self._context is not None:
-            context, self._context = self._context, None
-            err = StorageError("abandoned")
-            await context.__aexit__(type(err), err, None)
+        if self.writer is not None:
+            await self.writer.abort()
 
     async def _put(self, storage: Storage, data: bytes, last: bool = False) -> None:
         if self.writer is None:
@@ -90,8 +84,7 @@ class ImageSink:
             if len(self._head) < _SNIFF and not last:
                 return
             data, self._head = self._head, b""
-            self._context = storage.writer(_content_type(data))
-            self.writer = await self._context.__aenter__()
+            self.writer = await storage.open_writer(_content_type(data))
         await self.writer.write(data)
 
 
