@@ -26,10 +26,11 @@ from pixelgate.core.record import RequestRecord
 from pixelgate.proxy.access.limits import Period, period_of
 from pixelgate.proxy.access_log import log_request
 from pixelgate.proxy.app_keys import ACCESS, CONFIG, LEDGER, LEDGER_STORE, METRICS
+from pixelgate.proxy.config import Config
 from pixelgate.proxy.ledger import LedgerStore, LedgerUnavailable, LedgerWriter, SpoolInUse, row_from_record
 from pixelgate.proxy.workers import WORKER_ENV
 
-__all__ = ["DATA_DIR_ENV", "data_dir", "ledger_context", "record_request"]
+__all__ = ["DATA_DIR_ENV", "data_dir", "ledger_context", "ledger_url", "record_request"]
 
 log = logging.getLogger("pixelgate.ledger")
 
@@ -58,10 +59,10 @@ def record_request(app: web.Application, record: RequestRecord, prompt: str | No
     writer.add(row)
 
 
-def _url(app: web.Application) -> str:
-    url = app[CONFIG].ledger.url
-    if url is not None:
-        return url
+def ledger_url(config: Config) -> str:
+    """The ledger database a gateway with ``config`` uses (the CLI opens the same one)."""
+    if config.ledger.url is not None:
+        return config.ledger.url
     return f"sqlite+aiosqlite:///{(data_dir() / 'ledger.sqlite3').resolve()}"
 
 
@@ -115,7 +116,7 @@ async def ledger_context(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     metrics = app[METRICS]
-    store = LedgerStore(_url(app))
+    store = LedgerStore(ledger_url(app[CONFIG]))
     spool_dir = Path(config.spool_dir) if config.spool_dir else data_dir()
     spool_dir.mkdir(parents=True, exist_ok=True)
     writer = await _writer(store, spool_dir, config.batch_rows, config.flush_interval, metrics.ledger_rows)

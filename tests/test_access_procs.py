@@ -31,6 +31,14 @@ from tests.procs import ROOT, free_port, stop, wait_http
 def gateway_process(config: dict[str, Any], tmp_path: Path, name: str) -> Iterator[tuple[str, Path]]:
     """``pixelgate serve`` with ``config``; stderr (every log) goes to a file, which
     a pipe could not hold. Yields the base URL and the log file."""
+    with gateway_proc(config, tmp_path, name) as (base, _, log):
+        yield base, log
+
+
+@contextmanager
+def gateway_proc(config: dict[str, Any], tmp_path: Path, name: str) -> Iterator[tuple[str, subprocess.Popen[str], Path]]:
+    """``gateway_process``, with the process too (for tests that signal it). The config is
+    written to ``<tmp_path>/<name>.yaml`` (with its port), which the process reads again on SIGHUP."""
     port = free_port()
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump({**config, "server": {**config.get("server", {}), "port": port}}))
@@ -40,7 +48,7 @@ def gateway_process(config: dict[str, Any], tmp_path: Path, name: str) -> Iterat
                                 stdout=subprocess.DEVNULL, stderr=err, text=True)
         try:
             wait_http(f"http://127.0.0.1:{port}/readyz", proc)
-            yield f"http://127.0.0.1:{port}", log
+            yield f"http://127.0.0.1:{port}", proc, log
         finally:
             stop(proc)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,12 +21,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 from aiohttp import web
 
-from tests.procs import ROOT, free_port, stop, wait_http
 from tests.providers.bfl import bfl_app
 from tests.providers.common import PNG_B64
+from tests.test_access_procs import gateway_proc
 from tests.test_jobs import PREFER
 from tests.test_storage import KEY_OLD
 
@@ -50,18 +48,9 @@ def _config(tmp_path: Path, bfl_url: str, slow_url: str) -> dict[str, Any]:
 
 
 @contextmanager
-def _gateway(config: dict[str, Any], tmp_path: Path, name: str) -> Iterator[tuple[str, subprocess.Popen]]:
-    port = free_port()
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({**config, "server": {**config["server"], "port": port}}))
-    with (tmp_path / f"{name}.log").open("w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "pixelgate", "serve", "--config", str(path)], cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=err, text=True)
-        try:
-            wait_http(f"http://127.0.0.1:{port}/readyz", proc)
-            yield f"http://127.0.0.1:{port}", proc
-        finally:
-            stop(proc)
+def _gateway(config: dict[str, Any], tmp_path: Path, name: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    with gateway_proc(config, tmp_path, name) as (base, proc, _):
+        yield base, proc
 
 
 async def _held_upstream(aiohttp_server, calls: list[int]):

@@ -23,7 +23,7 @@ import msgspec
 from pixelgate.core.errors import GatewayError
 from pixelgate.proxy.access.config import Limits
 from pixelgate.proxy.access.keys import parse_hash
-from pixelgate.proxy.accounting import data_dir
+from pixelgate.proxy.accounting import ledger_url
 from pixelgate.proxy.admin.keys import CreateKey, KeyAdmin, key_view, validation_error
 from pixelgate.proxy.admin.usage import parse_query, report, to_csv
 from pixelgate.proxy.config import Config, ConfigError, load_config, zero_config
@@ -62,13 +62,6 @@ def add_commands(keys_sub: Any, sub: Any) -> None:
 def _load(args: argparse.Namespace) -> Config:
     path = args.config or os.environ.get("PIXELGATE_CONFIG")
     return load_config(path) if path else zero_config()
-
-
-def ledger_url(config: Config) -> str:
-    """The ledger database the gateway with ``config`` uses (as ``proxy.accounting`` opens it)."""
-    if config.ledger.url is not None:
-        return config.ledger.url
-    return f"sqlite+aiosqlite:///{(data_dir() / 'ledger.sqlite3').resolve()}"
 
 
 def run(args: argparse.Namespace) -> int:
