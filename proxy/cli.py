@@ -10,6 +10,7 @@ import sys
 import msgspec
 
 from pixelgate.proxy.config import Config, ConfigError, load_config, zero_config
+from pixelgate.proxy.log_buffer import LoopBufferedHandler
 
 __all__ = ["main"]
 
@@ -94,9 +95,10 @@ def _setup_logging() -> None:
     logging.logMultiprocessing = False
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The access log is one JSON line per request, with its own timestamp:
-    # written as is, without the per-record time formatting of the root format.
+    # written as is, without the per-record time formatting of the root format,
+    # and once per event-loop iteration rather than once per line (log_buffer).
     access = logging.getLogger("pixelgate.access")
-    handler = logging.StreamHandler(sys.stderr)
+    handler = LoopBufferedHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     access.addHandler(handler)
     access.propagate = False

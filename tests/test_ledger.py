@@ -38,8 +38,9 @@ from pixelgate.proxy.ledger import (
     migrate,
     row_from_record,
 )
-from pixelgate.proxy.ledger.schema import metadata
+from pixelgate.proxy.ledger.schema import ledger, metadata
 from pixelgate.proxy.ledger.spool import Spool
+from pixelgate.proxy.ledger.store import _SQLITE_ROWS
 from tests.postgres_server import PostgresProcess
 from tests.procs import free_port
 
@@ -271,6 +272,26 @@ async def test_duplicates_are_ignored(store: LedgerStore, url: str) -> None:
     assert await counts(url) == (11, 11)
     [total] = await store.usage(0, DAY3, [])
     assert total["cost_micro_usd"] == 11 * 40_000
+
+
+async def test_a_batch_larger_than_one_statement_goes_in_whole(store: LedgerStore, url: str) -> None:
+    # SQLite takes a batch as multi-row INSERTs of at most _SQLITE_ROWS rows each: a
+    # batch of several, with a duplicate across two of them, is in whole and once.
+    n = 2 * _SQLITE_ROWS + 7
+    rows = [make_row(i, images=i % 5, cost_micro_usd=i) for i in range(n)]
+    await store.insert([*rows, make_row(_SQLITE_ROWS + 1, cost_micro_usd=10**9)])
+    assert await counts(url) == (n, n)
+    [total] = await store.usage(0, DAY3, [])
+    assert (total["requests"], total["images"], total["cost_micro_usd"]) == (n, sum(i % 5 for i in range(n)), sum(range(n)))
+    # Values come back as they went in, types and all (bools, floats, NULLs).
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            got = (await conn.execute(sa.select(ledger.c.request_id, ledger.c.stream, ledger.c.duration_s, ledger.c.first_partial_s)
+                                      .where(ledger.c.request_id == f"req_{n - 1}"))).one()
+    finally:
+        await engine.dispose()
+    assert tuple(got) == (f"req_{n - 1}", False, 1.5, None)
 
 
 async def test_gateway_keys_and_versions(store: LedgerStore) -> None:
