@@ -9,7 +9,9 @@ line goes out within microseconds, as before. Lines logged outside the loop's
 thread (no running loop) are written at once.
 
 What a crash can lose is at most the lines of the iteration it cut short;
-``logging.shutdown`` (at exit) flushes the rest.
+``logging.shutdown`` (at exit) flushes the rest. A flush is owed by the loop
+it was scheduled on: a line logged on another loop (the first one closed
+before its flush ran) schedules one there, so nothing waits for the exit.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ class LoopBufferedHandler(logging.StreamHandler[TextIO]):
     def __init__(self, stream: TextIO) -> None:
         super().__init__(stream)
         self._lines: list[str] = []
-        self._scheduled = False
+        # The loop a flush is scheduled on, until it runs.
+        self._flush_on: asyncio.AbstractEventLoop | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -41,13 +44,13 @@ class LoopBufferedHandler(logging.StreamHandler[TextIO]):
             self._lines.append(line)
             if loop is None:
                 self._write()
-            elif not self._scheduled:
-                self._scheduled = True
+            elif self._flush_on is not loop:
+                self._flush_on = loop
                 loop.call_soon(self.flush)
 
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]
-            self._scheduled = False
+            self._flush_on = None
             self._write()
 
     def _write(self) -> None:

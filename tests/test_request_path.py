@@ -73,6 +73,27 @@ async def test_lines_of_one_loop_iteration_share_one_write() -> None:
     assert stream.writes == 2
 
 
+def test_a_loop_closed_before_its_flush_does_not_hold_later_lines() -> None:
+    stream = CountingStream()
+    logger = _logger(stream, "pixelgate.test.two_loops")
+    first = asyncio.new_event_loop()
+    try:
+        # Logged by the loop's last callback: the flush it schedules never runs there.
+        first.call_soon(logger.info, "first")
+        first.call_soon(first.stop)
+        first.run_forever()
+    finally:
+        first.close()
+    assert stream.getvalue() == ""
+
+    async def on_another_loop() -> None:
+        logger.info("second")
+        await asyncio.sleep(0)
+
+    asyncio.run(on_another_loop())
+    assert stream.getvalue().splitlines() == ["first", "second"]
+
+
 def test_without_a_loop_a_line_is_written_at_once() -> None:
     stream = CountingStream()
     logger = _logger(stream, "pixelgate.test.unbuffered")
