@@ -93,7 +93,7 @@ def new_request_id() -> str:
 
     Time first, as in UUIDv7: the ledger's unique index on request ids then
     grows at its end instead of taking each batch of rows into random pages
-    (most of the ledger's disk writes, with random ids). The random part comes
+    (a page written per row, with random ids). The random part comes
     from ``random`` (seeded from the OS at start, reseeded in a forked child),
     not ``secrets``: an id must be unique, not unguessable, and a system call
     per request buys nothing."""
