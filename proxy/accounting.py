@@ -30,7 +30,7 @@ from pixelgate.proxy.config import Config
 from pixelgate.proxy.ledger import LedgerStore, LedgerUnavailable, LedgerWriter, SpoolInUse, row_from_record
 from pixelgate.proxy.workers import WORKER_ENV
 
-__all__ = ["DATA_DIR_ENV", "data_dir", "ledger_context", "ledger_url", "record_request"]
+__all__ = ["DATA_DIR_ENV", "data_dir", "ledger_context", "ledger_url", "record_request", "reseed_budgets"]
 
 log = logging.getLogger("pixelgate.ledger")
 
@@ -77,6 +77,20 @@ async def _reconcile_budgets(app: web.Application, store: LedgerStore) -> None:
         spent = await store.spend(client.name, _period_start(period))
         if spent:
             await access.backend.reconcile_spend(client.name, period, spent / 1_000_000)
+
+
+async def reseed_budgets(app: web.Application) -> None:
+    """After a config reload: each budgeted key's spend this period is at least the
+    ledger's (a key the reload added, or gave a budget, starts where the ledger is,
+    not at zero). Raising to the ledger's figure never lowers a counter, so doing it
+    for keys that had their budget already changes nothing."""
+    store = app.get(LEDGER_STORE)
+    if store is None or not app[CONFIG].ledger.budgets_from_ledger:
+        return
+    try:
+        await _reconcile_budgets(app, store)
+    except LedgerUnavailable as exc:
+        log.warning("ledger: could not read the keys' spend to seed their budgets after a reload: %s", exc)
 
 
 def _period_start(period: Period) -> float:

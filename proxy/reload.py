@@ -18,6 +18,10 @@ config's version stays in ``pixelgate_config_info``.
 
 Unchanged providers keep their adapter object and unchanged deployments keep
 their circuit breaker, so a reload does not reset a breaker that is open.
+
+After the swap, ``after`` runs (the gateway's: budgets of keys the reload added
+or gave a budget start from the ledger's spend, as they do at start). It runs
+after the new config is in force, so a failure there is logged, not a refusal.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import msgspec
@@ -60,9 +64,11 @@ class Reloaded:
 class Reloader:
     """Reloads one app's config from ``load`` (the same source it started from)."""
 
-    def __init__(self, app: web.Application, load: Callable[[], Config]) -> None:
+    def __init__(self, app: web.Application, load: Callable[[], Config],
+                 after: Callable[[web.Application], Awaitable[None]] | None = None) -> None:
         self._app = app
         self._load = load
+        self._after = after
         self._lock = asyncio.Lock()
         self.version = config_version(app[CONFIG])
         app[METRICS].config_loaded(self.version, None, "start")
@@ -82,6 +88,11 @@ class Reloader:
             previous, self.version = self.version, config_version(self._app[CONFIG])
             metrics.config_loaded(self.version, previous, "ok")
             log.info("config reloaded: version %s (was %s)", self.version, previous)
+            if self._after is not None:
+                try:
+                    await self._after(self._app)
+                except Exception:
+                    log.exception("config reloaded (version %s), but what follows a reload failed", self.version)
             return Reloaded(True, self.version, "reloaded")
 
     def _check(self, new: Config) -> None:

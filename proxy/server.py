@@ -28,7 +28,7 @@ from pixelgate.metrics import Metrics
 from pixelgate.proxy import handlers
 from pixelgate.proxy.access.control import AccessControl
 from pixelgate.proxy.access.middleware import access_middleware, add_response_headers, limit_backend
-from pixelgate.proxy.accounting import ledger_context
+from pixelgate.proxy.accounting import ledger_context, reseed_budgets
 from pixelgate.proxy.admin import api as admin_api
 from pixelgate.proxy.admin.auth import AdminAuth
 from pixelgate.proxy.admin.poller import key_poller
@@ -257,7 +257,7 @@ def create_app(
         # Plain files, no build step; the browser client is an ES module.
         app.router.add_static("/static/", STATIC, append_version=False)
     if load is not None:
-        app[RELOADER] = Reloader(app, load)
+        app[RELOADER] = Reloader(app, load, after=reseed_budgets)
     return app
 
 

@@ -144,6 +144,28 @@ async def test_key_lifecycle_through_the_api_on_one_gateway(admin_gw: TestServer
     assert "sha256$" not in "".join(c.seen)
 
 
+async def test_concurrent_patches_of_one_key_all_take_effect(admin_gw: TestServer) -> None:
+    # Each PATCH changes a field of its own, all at once: a read-then-write would let the
+    # last writer put back what it read, undoing the others; compare-and-set keeps them all.
+    changes = [{"limits": {"requests_per_minute": 100}}, {"limits": {"images_per_minute": 50}},
+               {"limits": {"concurrent_streams": 3}}, {"limits": {"budget_usd": 7}},
+               {"models": ["demo-*"]}, {"cors_origins": ["https://app.example.com"]}]
+    async with aiohttp.ClientSession() as session:
+        c = Client(session, admin_gw)
+        assert (await c.call("POST", "/admin/keys", json={"name": "shared"}))[0] == 201
+        for _ in range(3):
+            answers = await asyncio.gather(*(c.call("PATCH", "/admin/keys/shared", json=change) for change in changes))
+            assert [status for status, _ in answers] == [200] * len(changes)
+        status, key = await c.call("GET", "/admin/keys/shared")
+        assert status == 200
+        assert key["limits"] == {"requests_per_minute": 100, "images_per_minute": 50, "concurrent_streams": 3,
+                                 "budget_usd": 7.0, "budget_period": "day"}
+        assert key["models"] == ["demo-*"] and key["cors_origins"] == ["https://app.example.com"]
+        # One audit entry per change that went in, none for an attempt that lost its race.
+        _, audit = await c.call("GET", "/admin/audit?limit=100")
+        assert [e["action"] for e in audit["data"]].count("key.update") == 3 * len(changes)
+
+
 async def test_a_gateway_key_cannot_administer_and_an_admin_key_cannot_generate(admin_gw: TestServer, gateway) -> None:
     async with aiohttp.ClientSession() as session:
         c = Client(session, admin_gw)

@@ -8,12 +8,16 @@ while another connection holds its write lock past the store's busy timeout.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
+import random
 import sqlite3
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +34,15 @@ from pixelgate.core.record import RequestRecord
 from pixelgate.core.usage import InputTokensDetails, OutputTokensDetails, Usage
 from pixelgate.proxy.ledger import (
     UNPRICED,
+    Audit,
+    GatewayKey,
+    KeyChanged,
     LedgerRow,
     LedgerStore,
     LedgerUnavailable,
     LedgerWriter,
     SpoolInUse,
+    cost_micro_usd,
     migrate,
     row_from_record,
 )
@@ -177,6 +185,32 @@ def test_row_copies_the_record() -> None:
 )
 def test_micro_dollars_are_exact(price: Price, fields: dict[str, Any], micro: int) -> None:
     assert cost(price, **fields) == micro
+
+
+def test_integer_cost_equals_the_exact_fraction() -> None:
+    """The integer arithmetic against the definition, in Fractions of the prices as written, on
+    prices of up to nine decimals (and tiny, huge and exponent-written ones) and large counts."""
+    rng = random.Random(20261203)
+
+    def a_price() -> float:
+        shape = rng.random()
+        if shape < 0.1:
+            return rng.choice([0.0, 1e-9, 2.5e-07, 1e12, 123456789.0, 0.1, 0.3])
+        return round(rng.uniform(0, 100), rng.randint(0, 9))
+
+    def half_up(x: Fraction) -> int:
+        return math.floor(x + Fraction(1, 2))
+
+    for _ in range(2_000):
+        rates = [a_price() for _ in range(5)]
+        price = Price(per_image=rates[0], input_text=rates[1], input_image=rates[2], output_text=rates[3], output_image=rates[4])
+        images = rng.randint(0, 10)
+        tokens = {(d, m): rng.choice([0, 1, rng.randint(0, 10**7)]) for d in ("input", "output") for m in ("text", "image")}
+        exact = images * Fraction(Decimal(repr(rates[0]))) * 1_000_000 + sum(
+            tokens[key] * Fraction(Decimal(repr(rate)))
+            for key, rate in zip([("input", "text"), ("input", "image"), ("output", "text"), ("output", "image")], rates[1:], strict=True)
+        )
+        assert cost_micro_usd(price, images, tokens) == half_up(exact), (price, images, tokens)
 
 
 def test_unpriced_is_none_never_zero() -> None:
@@ -323,6 +357,33 @@ async def test_gateway_keys_and_versions(store: LedgerStore) -> None:
     assert [k.version for k in await store.keys_since(4)] == list(range(5, 25))
 
 
+async def test_a_key_write_is_compare_and_set_and_one_transaction_with_its_audit_entry(store: LedgerStore) -> None:
+    alice = await store.put_key("key_a", "alice", "sha256:aa", audit=Audit("admin", "key.create", "alice", {"key_id": "key_a"}))
+    assert [(e.action, e.target, e.detail) for e in await store.audit_log()] == [("key.create", "alice", {"key_id": "key_a"})]
+    # At the version read: written, with its entry.
+    first = await store.put_key("key_a", "alice", "sha256:aa", limits={"rpm": 1}, expected_version=alice.version,
+                                audit=Audit("admin", "key.update", "alice"))
+    assert first.version == alice.version + 1 and first.limits == {"rpm": 1}
+    # At a version that is gone: nothing written, no entry.
+    with pytest.raises(KeyChanged):
+        await store.put_key("key_a", "alice", "sha256:aa", limits={"rpm": 2}, expected_version=alice.version,
+                            audit=Audit("admin", "key.update", "alice", {"lost": True}))
+    assert await store.get_key("alice") == first
+    assert [e.action for e in await store.audit_log()] == ["key.update", "key.create"]
+    # A write that fails (the name is another key's) leaves no entry either.
+    await store.put_key("key_b", "bob", "sha256:bb")
+    with pytest.raises(ValueError, match="exists already"):
+        await store.put_key("key_c", "bob", "sha256:cc", audit=Audit("admin", "key.create", "bob"))
+    assert [e.action for e in await store.audit_log()] == ["key.update", "key.create"]
+    # Racing compare-and-set writes from one version: exactly one wins.
+    outcomes = await asyncio.gather(*(
+        store.put_key("key_a", "alice", "sha256:aa", limits={"rpm": n}, expected_version=first.version) for n in range(10)
+    ), return_exceptions=True)
+    winners = [o for o in outcomes if isinstance(o, GatewayKey)]
+    assert len(winners) == 1 and sum(isinstance(o, KeyChanged) for o in outcomes) == 9
+    assert await store.get_key("alice") == winners[0]
+
+
 async def test_audit_log(store: LedgerStore) -> None:
     assert await store.audit_log() == []
     await store.audit("admin", "key.create", "alice", {"models": ["m"], "n": 1}, at=1.0)
@@ -449,14 +510,44 @@ async def test_writer_flushes_after_interval(store: LedgerStore, tmp_path: Path)
     await writer.close()
 
 
-async def test_outage_mid_load_spools_then_replays(url: str, tmp_path: Path) -> None:
+class Outage:
+    """A database the test can take away: PostgreSQL, a private cluster of the test's own,
+    stopped and started again; SQLite, its write lock held by another connection."""
+
+    def __init__(self, url: str) -> None:
+        self.server = PostgresProcess() if url.startswith("postgresql") else None
+        self.url = self.server.url if self.server is not None else url
+
+    @asynccontextmanager
+    async def down(self) -> AsyncIterator[None]:
+        """Unavailable for writes inside the block, back after it."""
+        if self.server is None:
+            with sqlite_locked(self.url):
+                yield
+            return
+        await asyncio.to_thread(self.server.stop)
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(self.server.start)
+
+    def destroy(self) -> None:
+        if self.server is not None:
+            self.server.destroy()
+
+
+@pytest.fixture
+def outage(url: str) -> Iterator[Outage]:
+    db = Outage(url)
+    try:
+        yield db
+    finally:
+        db.destroy()
+
+
+async def test_outage_mid_load_spools_then_replays(outage: Outage, tmp_path: Path) -> None:
     """The database goes away during a load and comes back: every row ends up in it, once."""
-    server: PostgresProcess | None = None
-    if url.startswith("postgresql"):
-        # A private cluster: this test stops it.
-        server = PostgresProcess()
-        url = server.url
-    store = LedgerStore(url, timeout=0.2)
+    store = LedgerStore(outage.url, timeout=0.2)
     await store.start()
     events = Events()
     writer = LedgerWriter(store, tmp_path / "spool.jsonl", batch_rows=100, interval=0.02, retry_interval=0.05, on_event=events)
@@ -464,18 +555,13 @@ async def test_outage_mid_load_spools_then_replays(url: str, tmp_path: Path) -> 
     try:
         load = asyncio.create_task(add_from_tasks(writer, 5000, tasks=20, pause=0.004))
         await until(lambda: events.counts["written"] >= 500, what="rows written before the outage")
-        if server is not None:
-            await asyncio.to_thread(server.stop)
+        async with outage.down():
             await until(lambda: events.counts["spooled"] >= 500, what="rows spooled during the outage")
-            await asyncio.to_thread(server.start)
-        else:
-            with sqlite_locked(url):
-                await until(lambda: events.counts["spooled"] >= 500, what="rows spooled during the outage")
         await load
         await until(lambda: events.counts["replayed"] >= events.counts["spooled"] + events.counts["overflow"], timeout=15,
                     what="the spool's replay")
         await writer.close()
-        assert await counts(url) == (5000, 5000)
+        assert await counts(outage.url) == (5000, 5000)
         # Every row went somewhere, and every spooled one came back.
         assert events.counts["written"] + events.counts["spooled"] + events.counts["overflow"] == 5000
         assert events.counts["replayed"] == events.counts["spooled"] + events.counts["overflow"]
@@ -484,51 +570,60 @@ async def test_outage_mid_load_spools_then_replays(url: str, tmp_path: Path) -> 
     finally:
         await writer.close()
         await store.close()
-        if server is not None:
-            server.destroy()
 
 
-async def test_close_while_down_spools_everything_and_the_next_start_replays(url: str, tmp_path: Path) -> None:
+async def test_close_while_down_spools_everything_and_the_next_start_replays(outage: Outage, tmp_path: Path) -> None:
     spool = tmp_path / "spool.jsonl"
-    server: PostgresProcess | None = None
-    if url.startswith("postgresql"):
-        server = PostgresProcess()
-        url = server.url
-    try:
-        store = LedgerStore(url, timeout=0.2)
-        await store.start()
-        events = Events()
-        writer = LedgerWriter(store, spool, batch_rows=100, interval=10.0, retry_interval=0.05, on_event=events)
-        await writer.start()
-        if server is not None:
-            await asyncio.to_thread(server.stop)
-            await add_from_tasks(writer, 1000, tasks=10)
-            await writer.close()  # SIGTERM while the database is down
-        else:
-            with sqlite_locked(url):
-                await add_from_tasks(writer, 1000, tasks=10)
-                await writer.close()
+    store = LedgerStore(outage.url, timeout=0.2)
+    await store.start()
+    events = Events()
+    writer = LedgerWriter(store, spool, batch_rows=100, interval=10.0, retry_interval=0.05, on_event=events)
+    await writer.start()
+    async with outage.down():
+        await add_from_tasks(writer, 1000, tasks=10)
+        await writer.close()  # SIGTERM while the database is down
         assert events.counts == {"spooled": 1000}
-        assert len(spool.read_bytes().splitlines()) == 1000
+        # In the spool, or in its replay file: close() tries a replay when the database
+        # answers (a locked SQLite file still answers reads), and it stops at the first insert.
+        left = [p for p in (spool, spool.with_name(spool.name + ".replay")) if p.exists()]
+        assert sum(len(p.read_bytes().splitlines()) for p in left) == 1000
         # A late row, after close(): straight to the spool, not lost.
         writer.add(make_row("late"))
         await store.close()
 
-        # The next process.
-        if server is not None:
-            await asyncio.to_thread(server.start)
-        store = LedgerStore(url)
-        events = Events()
-        writer = LedgerWriter(store, spool, retry_interval=0.05, on_event=events)
-        await writer.start()
-        await until(lambda: events.counts["replayed"] == 1001, what="the leftovers' replay")
-        await writer.close()
-        await store.close()
-        assert await counts(url) == (1001, 1001)
-        assert not spool.exists()
-    finally:
-        if server is not None:
-            server.destroy()
+    # The next process.
+    store = LedgerStore(outage.url)
+    events = Events()
+    writer = LedgerWriter(store, spool, retry_interval=0.05, on_event=events)
+    await writer.start()
+    await until(lambda: events.counts["replayed"] == 1001, what="the leftovers' replay")
+    await writer.close()
+    await store.close()
+    assert await counts(outage.url) == (1001, 1001)
+    assert not spool.exists()
+
+
+async def test_close_replays_the_spool_when_the_database_is_back(outage: Outage, tmp_path: Path) -> None:
+    # Rows spooled in an outage; the database returns, but the writer's next retry is far
+    # off: close() itself replays them, so a process that never starts again leaves none behind.
+    spool = tmp_path / "spool.jsonl"
+    store = LedgerStore(outage.url, timeout=0.2)
+    await store.start()
+    events = Events()
+    writer = LedgerWriter(store, spool, batch_rows=100, interval=0.02, retry_interval=60.0, on_event=events)
+    await writer.start()
+    async with outage.down():
+        await add_from_tasks(writer, 1000, tasks=10)
+        await until(lambda: events.counts["spooled"] == 1000, what="the rows spooled")
+    await writer.close()
+    # Each row once in the ledger. ``replayed`` counts rows sent from the spool: a
+    # replay that close() interrupted after a batch went in sends that batch again
+    # (the unique request_id skips it), so it may count more than were spooled.
+    assert await counts(outage.url) == (1000, 1000)
+    assert events.counts["spooled"] == 1000 and events.counts["replayed"] >= 1000
+    assert set(events.counts) == {"spooled", "replayed"}
+    assert not spool.exists() and not spool.with_name(spool.name + ".replay").exists()
+    await store.close()
 
 
 def tear(path: Path) -> None:

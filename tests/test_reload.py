@@ -144,3 +144,50 @@ async def test_admin_reload_applies_or_refuses_and_keeps_breakers(aiohttp_server
         # A gateway key may not reload.
         async with session.post(gw.make_url("/admin/reload"), headers=bearer(key)) as resp:
             assert resp.status == 403
+
+
+async def test_a_budget_given_by_a_reload_starts_from_the_ledgers_spend(aiohttp_server, tmp_path: Path) -> None:
+    # bob spends 0.022 USD without a budget; a reload gives him one of 0.02. His spend this
+    # period is the ledger's, as at a restart: the next request is over it, not the first of a new count.
+    admin, key = new_key(), new_key()
+    url = f"sqlite+aiosqlite:///{tmp_path / 'ledger.sqlite3'}"
+    # Hashed once: a hash is salted, and a changed admin section is refused by a reload.
+    admins = {"keys": [{"name": "ops", "hash": hash_key(admin)}]}
+    bob_hash = hash_key(key)
+
+    def config(limits: dict[str, Any] | None) -> dict[str, Any]:
+        bob = {"name": "bob", "hash": bob_hash, **({"limits": limits} if limits else {})}
+        return {
+            "providers": {"demo": {"adapter": "demo"}},
+            "models": {"demo-image": [{"provider": "demo"}]},
+            "prices": {"demo-image": {"per_image": 0.011}},
+            "access": {"keys": [bob]},
+            "admin": admins,
+            "ledger": {"url": url, "flush_interval": 0.05, "spool_dir": str(tmp_path)},
+        }
+
+    current = {"config": config(None)}
+    gw = await aiohttp_server(create_app(parse_config(current["config"], env={}), load=lambda: parse_config(current["config"], env={})))
+    async with aiohttp.ClientSession() as session:
+        async def generate() -> tuple[int, dict[str, Any]]:
+            async with session.post(gw.make_url("/v1/images/generations"), headers=bearer(key), json={**BODY, "model": "demo-image"}) as resp:
+                return resp.status, await resp.json()
+
+        assert [(await generate())[0] for _ in range(2)] == [200, 200]
+        engine = create_async_engine(url)
+        try:
+            deadline = time.monotonic() + 5
+            while True:
+                async with engine.connect() as conn:
+                    spent = (await conn.execute(sa.select(sa.func.sum(ledger.c.cost_micro_usd)).where(ledger.c.key_name == "bob"))).scalar()
+                if spent == 22_000:
+                    break
+                assert time.monotonic() < deadline, f"the ledger holds {spent} micro-dollars of bob's, not 22000"
+                await asyncio.sleep(0.05)
+        finally:
+            await engine.dispose()
+        current["config"] = config({"budget_usd": 0.02, "budget_period": "day"})
+        async with session.post(gw.make_url("/admin/reload"), headers=bearer(admin)) as resp:
+            assert (resp.status, (await resp.json())["ok"]) == (200, True), await resp.text()
+        status, body = await generate()
+        assert status == 429 and "budget" in body["error"]["message"]

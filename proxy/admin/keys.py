@@ -8,15 +8,20 @@ log keeps neither. Rotating keeps the key's id (its public part, the ledger's
 
 How a key is stored: ``models`` None is every model; ``limits`` ``{}`` is
 ``access.default_limits`` (``limits_to_db``); ``cors_origins`` empty is the
-global ``access.cors_origins``. Writes are read-modify-write without a lock
-across the two statements: two admins updating one key at once, the last one wins.
+global ``access.cors_origins``.
+
+Every write is one transaction with its audit entry, and an update is a
+read-modify-write done as compare-and-set on the key's version: two admins
+changing one key at once both get their change (the loser of the race reads
+the key again and applies its change to the winner's result), where a plain
+read-then-write would silently undo one of them.
 """
 
 from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -27,11 +32,14 @@ from pixelgate.core.errors import GatewayError, InvalidRequest
 from pixelgate.proxy.access.config import KeyName, Limits, Origin
 from pixelgate.proxy.access.control import Client, limits_from_db, limits_to_db
 from pixelgate.proxy.access.keys import KEY_PREFIX, generate_key, hash_key, parse_hash
-from pixelgate.proxy.ledger import GatewayKey, LedgerStore
+from pixelgate.proxy.ledger import Audit, GatewayKey, KeyChanged, LedgerStore
 
 __all__ = ["CreateKey", "KeyAdmin", "UpdateKey", "config_key_view", "key_view"]
 
 _FIELD = re.compile(r"field `([^`]+)`")
+
+# How often a read-modify-write is done again after losing a race, before the caller gets a 409.
+_RACES = 8
 
 Models = Annotated[list[Annotated[str, Meta(min_length=1)]], Meta(min_length=1)]
 
@@ -129,10 +137,21 @@ class KeyAdmin:
             raise KeyNotFound(f"No key named {name!r}.")
         return key
 
-    async def _put(self, key: GatewayKey, key_hash: str | None = None, **changes: Any) -> GatewayKey:
+    async def _put(self, key: GatewayKey, audit: Audit, key_hash: str | None = None, **changes: Any) -> GatewayKey:
+        """``key`` with ``changes``, if it is still the version read (else KeyChanged), with its audit entry."""
         fields = {"models": key.models, "limits": key.limits, "cors_origins": key.cors_origins,
                   "webhook_url": key.webhook_url, "revoked": key.revoked, **changes}
-        return await self._store.put_key(key.id, key.name, key_hash or key.hash, **fields)
+        return await self._store.put_key(key.id, key.name, key_hash or key.hash, expected_version=key.version, audit=audit,
+                                         **fields)
+
+    async def _change(self, name: str, change: Callable[[GatewayKey], Awaitable[GatewayKey]]) -> GatewayKey:
+        """``change`` applied to the key as it is now: read again and redone when another write came first."""
+        for _ in range(_RACES):
+            try:
+                return await change(await self._existing(name))
+            except KeyChanged:
+                continue
+        raise KeyConflict(f"The key {name!r} is being changed by others at the same time; try again.", code="key_busy")
 
     async def create(self, spec: CreateKey) -> tuple[GatewayKey, str]:
         """The new key and its secret (shown once)."""
@@ -144,57 +163,65 @@ class KeyAdmin:
         secret = generate_key()
         key_hash = hash_key(secret)
         limits = limits_to_db(spec.limits)
+        key_id = parse_hash(key_hash).key_id
+        audit = Audit(self._actor, "key.create", spec.name, {
+            "key_id": key_id, "models": spec.models, "limits": _limits_view(limits),
+            "cors_origins": spec.cors_origins, "webhook_host": _webhook_note(spec.webhook_url),
+        })
         try:
             key = await self._store.put_key(
-                parse_hash(key_hash).key_id, spec.name, key_hash, models=spec.models, limits=limits,
-                cors_origins=spec.cors_origins or (), webhook_url=spec.webhook_url,
+                key_id, spec.name, key_hash, models=spec.models, limits=limits,
+                cors_origins=spec.cors_origins or (), webhook_url=spec.webhook_url, audit=audit,
             )
         except ValueError:
             raise KeyConflict(f"A key named {spec.name!r} exists already.", param="name", code="key_exists") from None
-        await self._store.audit(self._actor, "key.create", key.name, {
-            "key_id": key.id, "models": spec.models, "limits": _limits_view(limits),
-            "cors_origins": spec.cors_origins, "webhook_host": _webhook_note(spec.webhook_url),
-        })
         return key, secret
 
     async def update(self, name: str, patch: UpdateKey) -> GatewayKey:
-        key = await self._existing(name)
-        changes: dict[str, Any] = {}
-        if not isinstance(patch.models, UnsetType):
-            changes["models"] = patch.models
-        if not isinstance(patch.limits, UnsetType):
-            changes["limits"] = _merged_limits(key.limits, patch.limits)
-        if not isinstance(patch.cors_origins, UnsetType):
-            changes["cors_origins"] = patch.cors_origins or []
-        if not isinstance(patch.webhook_url, UnsetType):
+        if isinstance(patch.webhook_url, str):
             self._webhook(patch.webhook_url)
-            changes["webhook_url"] = patch.webhook_url
-        if not changes:
-            raise InvalidRequest("Nothing to change: give models, limits, cors_origins or webhook_url.", code="empty_update")
-        updated = await self._put(key, **changes)
-        detail = {field: value for field, value in changes.items() if field not in ("webhook_url", "limits")}
-        if "limits" in changes:
-            detail["limits"] = _limits_view(changes["limits"])
-        if "webhook_url" in changes:
-            detail["webhook_host"] = _webhook_note(changes["webhook_url"])
-        await self._store.audit(self._actor, "key.update", name, {"key_id": key.id, "changed": detail})
-        return updated
+
+        async def change(key: GatewayKey) -> GatewayKey:
+            changes: dict[str, Any] = {}
+            if not isinstance(patch.models, UnsetType):
+                changes["models"] = patch.models
+            if not isinstance(patch.limits, UnsetType):
+                changes["limits"] = _merged_limits(key.limits, patch.limits)
+            if not isinstance(patch.cors_origins, UnsetType):
+                changes["cors_origins"] = patch.cors_origins or []
+            if not isinstance(patch.webhook_url, UnsetType):
+                changes["webhook_url"] = patch.webhook_url
+            if not changes:
+                raise InvalidRequest("Nothing to change: give models, limits, cors_origins or webhook_url.", code="empty_update")
+            detail = {field: value for field, value in changes.items() if field not in ("webhook_url", "limits")}
+            if "limits" in changes:
+                detail["limits"] = _limits_view(changes["limits"])
+            if "webhook_url" in changes:
+                detail["webhook_host"] = _webhook_note(changes["webhook_url"])
+            return await self._put(key, Audit(self._actor, "key.update", name, {"key_id": key.id, "changed": detail}), **changes)
+
+        return await self._change(name, change)
 
     async def revoke(self, name: str) -> GatewayKey:
-        key = await self._existing(name)
-        revoked = await self._put(key, revoked=True)
-        await self._store.audit(self._actor, "key.revoke", name, {"key_id": key.id, "was_revoked": key.revoked})
-        return revoked
+        async def change(key: GatewayKey) -> GatewayKey:
+            audit = Audit(self._actor, "key.revoke", name, {"key_id": key.id, "was_revoked": key.revoked})
+            return await self._put(key, audit, revoked=True)
+
+        return await self._change(name, change)
 
     async def rotate(self, name: str) -> tuple[GatewayKey, str]:
         """The key with a new secret (shown once); the old secret stops working."""
-        key = await self._existing(name)
-        if key.revoked:
-            raise KeyConflict(f"The key {name!r} is revoked; create a new one instead.", code="key_revoked")
-        secret = _with_key_id(key.id)
-        rotated = await self._put(key, hash_key(secret))
-        await self._store.audit(self._actor, "key.rotate", name, {"key_id": key.id})
-        return rotated, secret
+        secrets_made: list[str] = []
+
+        async def change(key: GatewayKey) -> GatewayKey:
+            if key.revoked:
+                raise KeyConflict(f"The key {name!r} is revoked; create a new one instead.", code="key_revoked")
+            secrets_made.append(_with_key_id(key.id))
+            return await self._put(key, Audit(self._actor, "key.rotate", name, {"key_id": key.id}), hash_key(secrets_made[-1]))
+
+        rotated = await self._change(name, change)
+        # The secret of the write that went in (an attempt that lost a race made one too, never stored).
+        return rotated, secrets_made[-1]
 
     async def get(self, name: str) -> GatewayKey | None:
         return await self._store.get_key(name)

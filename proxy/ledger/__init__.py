@@ -17,7 +17,7 @@ Layout, one job per module:
 from __future__ import annotations
 
 from pixelgate.proxy.ledger.errors import LedgerUnavailable
-from pixelgate.proxy.ledger.keys import AuditEntry, GatewayKey
+from pixelgate.proxy.ledger.keys import Audit, AuditEntry, GatewayKey, KeyChanged
 from pixelgate.proxy.ledger.row import UNPRICED, LedgerRow, cost_micro_usd, row_from_record
 from pixelgate.proxy.ledger.spool import SpoolInUse
 from pixelgate.proxy.ledger.store import GROUPS, Group, LedgerStore
@@ -26,9 +26,11 @@ from pixelgate.proxy.ledger.writer import LedgerWriter
 __all__ = [
     "GROUPS",
     "UNPRICED",
+    "Audit",
     "AuditEntry",
     "GatewayKey",
     "Group",
+    "KeyChanged",
     "LedgerRow",
     "LedgerStore",
     "LedgerUnavailable",

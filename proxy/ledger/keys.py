@@ -8,11 +8,12 @@ store never sees a key.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 
-__all__ = ["AuditEntry", "GatewayKey"]
+__all__ = ["Audit", "AuditEntry", "GatewayKey", "KeyChanged"]
 
 
 class GatewayKey(msgspec.Struct, frozen=True):
@@ -38,3 +39,21 @@ class AuditEntry(msgspec.Struct, frozen=True):
     action: str
     target: str | None
     detail: dict[str, Any] | None
+
+
+class Audit(msgspec.Struct, frozen=True):
+    """An audit entry to write (``AuditEntry`` is one read back, with its id and time)."""
+
+    actor: str
+    action: str
+    target: str | None
+    detail: Mapping[str, Any] | None = None
+
+    def values(self, at: float) -> dict[str, Any]:
+        """The audit_log row's columns."""
+        detail = None if self.detail is None else dict(self.detail)
+        return {"at": at, "actor": self.actor, "action": self.action, "target": self.target, "detail": detail}
+
+
+class KeyChanged(Exception):
+    """A compare-and-set write found the key at another version than expected (or gone)."""

@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import functools
+import itertools
 import os
 import sqlite3
 import time
@@ -61,7 +62,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from pixelgate.proxy.ledger import migrate
 from pixelgate.proxy.ledger.errors import LedgerUnavailable, as_unavailable
-from pixelgate.proxy.ledger.keys import AuditEntry, GatewayKey
+from pixelgate.proxy.ledger.keys import Audit, AuditEntry, GatewayKey, KeyChanged
 from pixelgate.proxy.ledger.row import LedgerRow
 from pixelgate.proxy.ledger.schema import audit_log, gateway_keys, ledger
 
@@ -283,7 +284,7 @@ class LedgerStore:
                 for start in range(0, len(rows), _SQLITE_ROWS):
                     chunk = rows[start:start + _SQLITE_ROWS]
                     # A tuple: one statement's parameters (a list would be executemany's).
-                    values = tuple(value for row in chunk for value in msgspec.structs.astuple(row))
+                    values = tuple(itertools.chain.from_iterable(map(msgspec.structs.astuple, chunk)))
                     await conn.exec_driver_sql(_sqlite_insert(len(chunk)), values)
                 return
             sql, order = self._insert_sql(conn)
@@ -379,8 +380,16 @@ class LedgerStore:
         webhook_url: str | None = None,
         revoked: bool = False,
         now: float | None = None,
+        expected_version: int | None = None,
+        audit: Audit | None = None,
     ) -> GatewayKey:
         """Create the key, or replace every field of it but ``created_at``; it gets the next version.
+
+        ``expected_version``: replace the key only if it is still at that version
+        (compare-and-set: a read-modify-write that lost a race raises KeyChanged and
+        is done again on the fresh key, rather than undoing the other write).
+        ``audit``: the entry recording this write, committed in the same
+        transaction (a write is never without its entry, nor an entry without its write).
 
         Raises ValueError when another key has the name already."""
         now = time.time() if now is None else now
@@ -393,7 +402,8 @@ class LedgerStore:
         )
         replaced = ("name", "hash", "models", "limits", "cors_origins", "webhook_url", "revoked", "updated_at", "version")
         statement = insert.on_conflict_do_update(
-            index_elements=[k.id], set_={column: insert.excluded[column] for column in replaced}
+            index_elements=[k.id], set_={column: insert.excluded[column] for column in replaced},
+            where=None if expected_version is None else k.version == expected_version,
         ).returning(*gateway_keys.c)
         try:
             async with self._transaction() as conn:
@@ -401,7 +411,13 @@ class LedgerStore:
                     # Writers one at a time, until commit: versions are given in commit order.
                     # SHARE ROW EXCLUSIVE conflicts with itself and lets every read through.
                     await conn.execute(sa.text("LOCK TABLE gateway_keys IN SHARE ROW EXCLUSIVE MODE"))
-                return _key((await conn.execute(statement)).one())
+                row = (await conn.execute(statement)).one_or_none()
+                if row is None:
+                    # The conflict's WHERE failed: another write came first (nothing was changed).
+                    raise KeyChanged(f"the gateway key {name!r} changed since version {expected_version}")
+                if audit is not None:
+                    await conn.execute(sa.insert(audit_log).values(audit.values(now)))
+                return _key(row)
         except sa_exc.IntegrityError:
             raise ValueError(f"a gateway key named {name!r} exists already") from None
 
@@ -428,9 +444,9 @@ class LedgerStore:
     async def audit(
         self, actor: str, action: str, target: str | None, detail: Mapping[str, Any] | None = None, *, at: float | None = None
     ) -> None:
-        values = {"at": time.time() if at is None else at, "actor": actor, "action": action, "target": target, "detail": None if detail is None else dict(detail)}
+        entry = Audit(actor, action, target, detail)
         async with self._transaction() as conn:
-            await conn.execute(sa.insert(audit_log).values(values))
+            await conn.execute(sa.insert(audit_log).values(entry.values(time.time() if at is None else at)))
 
     async def audit_log(self, limit: int = 100) -> builtins.list[AuditEntry]:
         """The newest ``limit`` entries, newest first."""

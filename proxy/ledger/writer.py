@@ -28,7 +28,11 @@ by a transaction whose answer was lost, is skipped by the ledger's unique
 
 ``close()`` is the SIGTERM path: it flushes everything (the queue to the
 database, or to the spool while the database is down) before it returns. A
-replay in progress stops at its next batch; the rest waits in the replay file
+replay in progress stops at its next batch. Then, if the spool holds rows and
+the database answers, close replays them (for at most ``close_replay``
+seconds): a process that never starts again (a replica scaled away, its disk
+with it) must not leave rows behind only because the database came back
+between two of its retries. Whatever is left waits in the spool or replay file
 for the next start. A row added after ``close()`` (a request finishing late)
 is appended to the spool at once, synchronously: there is no task left to do
 it, and it must not be lost.
@@ -90,6 +94,7 @@ class LedgerWriter:
         max_queue: int = 100_000,
         on_event: Callable[[str, int], None] | None = None,
         retry_interval: float = 2.0,
+        close_replay: float = 10.0,
     ) -> None:
         if batch_rows < 1 or max_queue < 1:
             raise ValueError("batch_rows and max_queue must be at least 1")
@@ -101,6 +106,7 @@ class LedgerWriter:
         self._on_event = on_event
         # How often the database is asked again while it is down.
         self._retry_interval = retry_interval
+        self._close_replay = close_replay
         self._queue: deque[LedgerRow] = deque()
         # When the oldest row in the queue arrived (time.monotonic).
         self._first_at = 0.0
@@ -173,7 +179,28 @@ class LedgerWriter:
         await overflow
         self._replay_wake.set()
         await replay
+        await self._replay_before_exit()
         await asyncio.to_thread(self._spool.unlock)
+
+    async def _replay_before_exit(self) -> None:
+        if not self._pending:
+            return
+        try:
+            await self._store.ping()
+        except Exception:
+            log.warning("ledger: the database is still unavailable; spooled rows wait in %s for the next start", self._spool.path)
+            return
+        deadline = time.monotonic() + self._close_replay
+        try:
+            # A replay file left by an interrupted replay goes first, the spool in a second round.
+            while self._pending and time.monotonic() <= deadline:
+                await self._replay(deadline)
+        except Exception as exc:  # LedgerUnavailable, an unreadable file: what is left waits for the next start
+            log.warning("ledger: replaying the spool before exit stopped (%s); the rest waits for the next start", describe(exc))
+            return
+        if self._pending:
+            log.warning("ledger: replaying the spool before exit took longer than %gs; the rest waits for the next start",
+                        self._close_replay)
 
     def _emit(self, event: str, rows: int) -> None:
         if rows and self._on_event is not None:
@@ -338,8 +365,11 @@ class LedgerWriter:
                 self._db_up = True
                 log.warning("ledger: the database is back; rows go to it again")
 
-    async def _replay(self) -> None:
-        """Insert the replay file (the spool, renamed) batch by batch, then delete it."""
+    async def _replay(self, deadline: float | None = None) -> None:
+        """Insert the replay file (the spool, renamed) batch by batch, then delete it.
+
+        It stops at the next batch once closing (the replay loop's), or, given a
+        ``deadline`` (close's own replay), once that has passed."""
         async with self._spool_lock:
             # Cleared before the rename: an append after it sets it again, for another round.
             self._pending = False
@@ -349,7 +379,7 @@ class LedgerWriter:
         try:
             corrupt = 0
             while True:
-                if self._closing:
+                if self._closing if deadline is None else time.monotonic() > deadline:
                     self._pending = True  # the rest waits in the replay file for the next start
                     return
                 rows, bad, end = await asyncio.to_thread(self._spool.read, file, self._batch_rows)
