@@ -48,10 +48,36 @@ def machine_cpu_seconds() -> dict[str, float]:
     return {"busy": (user + nice + system + steal) / _TICKS, "irq": (irq + softirq) / _TICKS}
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process has used so far."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            out.extend(int(child) for child in (task / "children").read_text().split())
+    except FileNotFoundError:  # it ended meanwhile
+        pass
+    return out
+
+
+def _own_cpu(pid: int) -> float:
+    """User + system time of the process and of its children that ended and were reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return 0.0
     # The command name (field 2) may contain spaces: split after its ')'.
     fields = stat[stat.rindex(")") + 2 :].split()
-    utime, stime = int(fields[11]), int(fields[12])
-    return (utime + stime) / _TICKS
+    utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+    return (utime + stime + cutime + cstime) / _TICKS
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process and every process it started have used so far.
+
+    The tree, not the process alone: the gateway's SQLite ledger writer is a child
+    process (``proxy/sqlite_writer.py``), and its work is the gateway's cost."""
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += _own_cpu(current)
+        todo.extend(_children(current))
+    return total

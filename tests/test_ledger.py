@@ -11,6 +11,7 @@ import asyncio
 import math
 import os
 import random
+import signal
 import sqlite3
 import time
 from collections import Counter
@@ -48,7 +49,7 @@ from pixelgate.proxy.ledger import (
 )
 from pixelgate.proxy.ledger.schema import ledger, metadata
 from pixelgate.proxy.ledger.spool import Spool
-from pixelgate.proxy.ledger.store import _SQLITE_ROWS
+from pixelgate.proxy.sqlite_writer import rows_per_statement
 from tests.postgres_server import PostgresProcess
 from tests.procs import free_port
 
@@ -309,11 +310,12 @@ async def test_duplicates_are_ignored(store: LedgerStore, url: str) -> None:
 
 
 async def test_a_batch_larger_than_one_statement_goes_in_whole(store: LedgerStore, url: str) -> None:
-    # SQLite takes a batch as multi-row INSERTs of at most _SQLITE_ROWS rows each: a
+    # SQLite takes a batch as multi-row INSERTs of at most rows_per_statement rows each: a
     # batch of several, with a duplicate across two of them, is in whole and once.
-    n = 2 * _SQLITE_ROWS + 7
+    per = rows_per_statement(len(LedgerRow.__struct_fields__))
+    n = 2 * per + 7
     rows = [make_row(i, images=i % 5, cost_micro_usd=i) for i in range(n)]
-    await store.insert([*rows, make_row(_SQLITE_ROWS + 1, cost_micro_usd=10**9)])
+    await store.insert([*rows, make_row(per + 1, cost_micro_usd=10**9)])
     assert await counts(url) == (n, n)
     [total] = await store.usage(0, DAY3, [])
     assert (total["requests"], total["images"], total["cost_micro_usd"]) == (n, sum(i % 5 for i in range(n)), sum(range(n)))
@@ -624,6 +626,87 @@ async def test_close_replays_the_spool_when_the_database_is_back(outage: Outage,
     assert set(events.counts) == {"spooled", "replayed"}
     assert not spool.exists() and not spool.with_name(spool.name + ".replay").exists()
     await store.close()
+
+
+# SQLite's writer process (proxy/sqlite_writer.py, proxy/ledger/sink.py).
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[LedgerStore]:
+    ledger_store = LedgerStore(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}", timeout=0.5)
+    await ledger_store.start()
+    yield ledger_store
+    await ledger_store.close()
+
+
+def writer_pid(store: LedgerStore) -> int:
+    sink = store._sink
+    assert sink is not None and sink.pid is not None
+    return sink.pid
+
+
+def running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def test_sqlite_rows_are_inserted_by_a_process_of_their_own(sqlite_store: LedgerStore, tmp_path: Path) -> None:
+    await sqlite_store.insert([make_row(1), make_row(2)])
+    pid = writer_pid(sqlite_store)
+    assert pid != os.getpid()
+    assert "pixelgate.proxy.sqlite_writer" in Path(f"/proc/{pid}/cmdline").read_bytes().decode().replace("\0", " ")
+    # Committed when insert returns: another connection sees them at once.
+    assert await counts(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}") == (2, 2)
+    # Ctrl-C reaches a terminal's whole process group: the writer ignores it and goes on.
+    os.kill(pid, signal.SIGINT)
+    os.kill(pid, signal.SIGTERM)
+    await sqlite_store.insert([make_row(3)])
+    assert writer_pid(sqlite_store) == pid
+    # Closing the store ends it.
+    await sqlite_store.close()
+    await until(lambda: not running(pid), timeout=5, what="the writer process's exit")
+
+
+async def test_a_killed_writer_process_is_an_outage_and_the_next_batch_gets_a_new_one(sqlite_store: LedgerStore, tmp_path: Path) -> None:
+    await sqlite_store.insert([make_row(1)])
+    first = writer_pid(sqlite_store)
+    # Killed just before a batch (no await in between: the sink cannot know yet): that batch
+    # finds it gone, an outage the ledger writer spools for.
+    os.kill(first, signal.SIGKILL)
+    with pytest.raises(LedgerUnavailable, match="writer process ended"):
+        await sqlite_store.insert([make_row(2)])
+    # The next batch starts another; a batch tried again is skipped where it went in already.
+    await sqlite_store.insert([make_row(2), make_row(3)])
+    second = writer_pid(sqlite_store)
+    assert second != first and not running(first)
+    # One that died between batches, noticed: replaced before the next batch, which goes in.
+    os.kill(second, signal.SIGKILL)
+    await until(lambda: sqlite_store._sink is not None and sqlite_store._sink.pid is None, timeout=5,
+                what="the event loop noticing the exit")
+    await sqlite_store.insert([make_row(4)])
+    assert writer_pid(sqlite_store) not in (first, second)
+    assert await counts(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}") == (4, 4)
+
+
+async def test_a_writer_process_killed_under_load_loses_no_row(sqlite_store: LedgerStore, tmp_path: Path) -> None:
+    events = Events()
+    writer = LedgerWriter(sqlite_store, tmp_path / "spool.jsonl", batch_rows=50, interval=0.01, retry_interval=0.05,
+                          on_event=events)
+    await writer.start()
+    load = asyncio.create_task(add_from_tasks(writer, 3000, tasks=10, pause=0.002))
+    killed = []
+    for _ in range(3):
+        await until(lambda: events.counts["written"] >= 500 * (len(killed) + 1), what="rows written")
+        killed.append(writer_pid(sqlite_store))
+        os.kill(killed[-1], signal.SIGKILL)
+    await load
+    await writer.close()
+    # Each kill cost at most the batch in flight, which was spooled and replayed.
+    assert await counts(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}") == (3000, 3000)
+    assert events.counts["rejected"] == events.counts["lost"] == 0
+    assert not any(running(pid) for pid in killed)
 
 
 def tear(path: Path) -> None:

@@ -69,17 +69,38 @@ async def _load(base: str, until: asyncio.Event, answered: list[tuple[str, float
         await asyncio.gather(*(loop() for _ in range(clients)))
 
 
+def _children(pid: int) -> list[int]:
+    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()]
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie, dead but not yet reaped by its new parent, is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 async def _under_load(config: dict[str, Any], tmp_path: Path, sig: int, after: float = 1.5) -> tuple[list[tuple[str, float]], float]:
     answered: list[tuple[str, float]] = []
     stop = asyncio.Event()
     with _gateway(config, tmp_path, f"gw-{sig}") as (base, proc):
         load = asyncio.create_task(_load(base, stop, answered))
         await asyncio.sleep(after)
+        # The SQLite writer process (proxy/sqlite_writer.py), started by the first batch.
+        writers = _children(proc.pid)
+        assert len(writers) == 1 and "sqlite_writer" in Path(f"/proc/{writers[0]}/cmdline").read_text()
         killed_at = time.monotonic()
         proc.send_signal(sig)
         await asyncio.to_thread(proc.wait, 30)
         stop.set()
         await load
+    # It ends with its gateway, however that ended: its pipe closes.
+    deadline = time.monotonic() + 10
+    while _alive(writers[0]):
+        assert time.monotonic() < deadline, "the SQLite writer process outlived its gateway"
+        await asyncio.sleep(0.05)
     return answered, killed_at
 
 

@@ -21,6 +21,10 @@ and a busy timeout, so that a write finding another process's write lock
 waits for it. Transactions are begun by SQLAlchemy, not by Python's sqlite3,
 whose legacy mode runs DDL outside any transaction (SQLAlchemy's documented
 recipe, ``_sqlite_events``). The parent directories of the file are created.
+The ledger's inserts (the hot write, one row per request) go through a process
+of their own (``sink``, ``pixelgate.proxy.sqlite_writer``), so that SQLite's
+work for them is not done on a thread of the gateway's; queries, keys and the
+audit log stay on SQLAlchemy here.
 
 PostgreSQL: a pool (``pool_size``, as many again on overflow), checked before
 use (``pool_pre_ping``), so that after a database restart the dead
@@ -44,10 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import functools
-import itertools
 import os
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -65,6 +66,7 @@ from pixelgate.proxy.ledger.errors import LedgerUnavailable, as_unavailable
 from pixelgate.proxy.ledger.keys import Audit, AuditEntry, GatewayKey, KeyChanged
 from pixelgate.proxy.ledger.row import LedgerRow
 from pixelgate.proxy.ledger.schema import audit_log, gateway_keys, ledger
+from pixelgate.proxy.ledger.sink import SqliteSink
 
 __all__ = ["GROUPS", "Group", "LedgerStore"]
 
@@ -81,22 +83,6 @@ _MIGRATION_LOCK = 0x7078676C
 _IMMEDIATE = "pixelgate_begin_immediate"
 
 _COLUMNS = tuple(LedgerRow.__struct_fields__)
-
-# Rows per SQLite INSERT: as many as its bound-parameter limit allows (32766
-# since 3.32, 999 before), one parameter per column.
-_SQLITE_ROWS = (32766 if sqlite3.sqlite_version_info >= (3, 32) else 999) // len(_COLUMNS)
-
-
-@functools.lru_cache(maxsize=64)
-def _sqlite_insert(rows: int) -> str:
-    """``INSERT ... VALUES (?, ...), ... ON CONFLICT DO NOTHING`` for ``rows`` rows, in
-    LedgerRow's field order, named as the table's columns (as ``_insert_sql`` names them)."""
-    one = "(" + ", ".join("?" * len(_COLUMNS)) + ")"
-    return (
-        f"INSERT INTO ledger ({', '.join(_COLUMNS)}) VALUES {', '.join([one] * rows)} "
-        "ON CONFLICT (request_id) DO NOTHING"
-    )
-
 
 def _sqlite_events(engine: AsyncEngine, busy_timeout: float) -> None:
     """SQLAlchemy emits BEGIN itself, and each connection gets the pragmas (per connection but WAL)."""
@@ -149,6 +135,8 @@ class LedgerStore:
         self._timeout = timeout
         self._pool_size = pool_size
         self._engine: AsyncEngine | None = None
+        # SQLite's inserts, from a process of its own (made by start()).
+        self._sink: SqliteSink | None = None
         self._insert_compiled: tuple[str, tuple[int, ...]] | None = None
         self._closed = False
         # One start at a time: a lazy start (_transaction) racing an explicit one would make two engines.
@@ -193,6 +181,9 @@ class LedgerStore:
             self._closed = False
             if self._engine is None:
                 self._engine = await self._open()
+                if self._sqlite and self._sink is None:
+                    assert self._url.database is not None  # a file: _open refuses anything without WAL
+                    self._sink = SqliteSink(self._url.database, self._timeout, self._where)
 
     async def _open(self) -> AsyncEngine:
         try:
@@ -235,20 +226,28 @@ class LedgerStore:
 
     async def close(self) -> None:
         self._closed = True
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            await sink.close()
         engine, self._engine = self._engine, None
         if engine is not None:
             await engine.dispose()
 
-    @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
-        """One transaction, committed when the block ends; an outage is LedgerUnavailable."""
+    async def _started(self) -> AsyncEngine:
+        """The engine, the store started first if it is not (a start that failed is tried again)."""
         if self._engine is None:
             if self._closed:
                 raise RuntimeError("LedgerStore used after close()")
             await self.start()
         assert self._engine is not None
+        return self._engine
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+        """One transaction, committed when the block ends; an outage is LedgerUnavailable."""
+        engine = await self._started()
         try:
-            async with self._engine.begin() as conn:
+            async with engine.begin() as conn:
                 yield conn
         except Exception as exc:
             unavailable = self._unavailable(exc)
@@ -275,18 +274,14 @@ class LedgerStore:
         """All the rows in one transaction; a row whose request_id is there already is skipped."""
         if not rows:
             return
+        if self._sqlite:
+            # From a process of its own (``sink``): on a thread of this one, SQLite's work
+            # cost the event loop's thread as much again (make bench, small_c32).
+            await self._started()
+            assert self._sink is not None
+            await self._sink.insert(rows)
+            return
         async with self._transaction() as conn:
-            if self._sqlite:
-                # Many rows per statement, not executemany: sqlite3 steps (and hands the
-                # GIL to and from its thread) once per row of an executemany, which cost
-                # the event loop's thread about 70 us of system time per row in futex
-                # waits (make bench, small_c32); one step per statement does not.
-                for start in range(0, len(rows), _SQLITE_ROWS):
-                    chunk = rows[start:start + _SQLITE_ROWS]
-                    # A tuple: one statement's parameters (a list would be executemany's).
-                    values = tuple(itertools.chain.from_iterable(map(msgspec.structs.astuple, chunk)))
-                    await conn.exec_driver_sql(_sqlite_insert(len(chunk)), values)
-                return
             sql, order = self._insert_sql(conn)
             # Tuples straight to the driver's executemany: SQLAlchemy's per-row parameter
             # processing was about a third of a row's cost on the gateway's event loop.
