@@ -24,13 +24,17 @@ from tests.providers.common import (
 )
 from tests.providers.gemini import IMAGE_TOKENS, gemini_app
 
+# For an error answered before any byte: with the suite's 0.2 s keep-alive, a loaded machine
+# can send a keep-alive first, and the error then is an event (the subject of another test).
+_NO_EARLY_KEEPALIVE = {"keepalive_interval": 30}
+
 
 @pytest.fixture
 async def gemini(aiohttp_server):
-    async def make(**kwargs):
+    async def make(server: dict | None = None, **kwargs):
         seen: list[dict] = []
         upstream = await aiohttp_server(gemini_app(seen, **kwargs))
-        config = provider_config("gemini", str(upstream.make_url("/v1beta")), upstream_model="gemini-2.5-flash-image")
+        config = provider_config("gemini", str(upstream.make_url("/v1beta")), upstream_model="gemini-2.5-flash-image", server=server)
         gw = await gateway_for(aiohttp_server, config)
         return gw, seen
 
@@ -75,7 +79,7 @@ async def test_safety_finish_reason_is_moderation_blocked(gemini) -> None:
 
 
 async def test_rate_limit_keeps_google_retry_delay(gemini) -> None:
-    gw, _ = await gemini(status=429)
+    gw, _ = await gemini(status=429, server=_NO_EARLY_KEEPALIVE)
     async with sdk(gw) as client:
         with pytest.raises(openai.RateLimitError) as info:
             await client.images.generate(model="img", prompt="a fox", stream=True)
